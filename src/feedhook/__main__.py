@@ -1,0 +1,3 @@
+from feedhook.cli import main
+
+raise SystemExit(main())

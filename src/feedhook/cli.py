@@ -1,0 +1,357 @@
+"""The feedhook command. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from feedhook import __version__, logs
+from feedhook.config import Config, ConfigError, load_config, parse_duration, redact_url
+from feedhook.settings import Settings
+from feedhook.store import SqliteStore, Status
+from feedhook.store.sqlite import StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the person at the keyboard: exit 2 with this message."""
+
+
+def _duration_arg(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedhook",
+        description="Turn pull-style event feeds into signed, retried webhooks.",
+    )
+    parser.add_argument("--version", action="version", version=f"feedhook {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", help="the hooks YAML (default: $FEEDHOOK_CONFIG)")
+        return p
+
+    run = with_config(commands.add_parser("run", help="tail the feeds and deliver webhooks"))
+    run.add_argument(
+        "--grace",
+        type=_duration_arg,
+        default=8.0,
+        help="how long in-flight deliveries may finish after SIGTERM (default 8s)",
+    )
+    with_config(commands.add_parser("check", help="validate the config and summarize it"))
+
+    status = with_config(commands.add_parser("status", help="cursors, errors and queues"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dlq = commands.add_parser("dlq", help="inspect, replay or purge dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_list = dlq_commands.add_parser("list", help="list dead letters")
+    dlq_list.add_argument("--subscription", "-s")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--after", type=int, default=0, help="list ids above this one")
+    dlq_show = dlq_commands.add_parser("show", help="one dead letter, with its event")
+    dlq_show.add_argument("id", type=int)
+    for action, text in (("replay", "send again"), ("purge", "delete for good")):
+        sub = dlq_commands.add_parser(action, help=f"{text} dead letters")
+        sub.add_argument("ids", type=int, nargs="*", metavar="ID")
+        sub.add_argument("--all", action="store_true", help="every dead letter (see -s)")
+        sub.add_argument("--subscription", "-s")
+
+    demo = commands.add_parser("demo", help="watch feedhook work against simulated feeds")
+    demo.add_argument("--events", type=int, default=40, help="events to generate (default 40)")
+    demo.add_argument(
+        "--duration", type=_duration_arg, default=5.0, help="spread them over (default 5s)"
+    )
+
+    send_test = with_config(
+        commands.add_parser("send-test", help="send one signed test event to a subscription")
+    )
+    send_test.add_argument("subscription")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as exc:
+        print(f"feedhook: bad FEEDHOOK_* environment: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(settings.log_level, settings.log_format)
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "status": cmd_status,
+        "dlq": cmd_dlq,
+        "demo": cmd_demo,
+        "send-test": cmd_send_test,
+    }
+    try:
+        return handlers[args.command](args, settings)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"feedhook: {len(exc.errors)} config error(s); nothing was started", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"feedhook: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"feedhook: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config_path(args: argparse.Namespace, settings: Settings) -> str:
+    return args.config or settings.config
+
+
+def _load(args: argparse.Namespace, settings: Settings) -> Config:
+    return load_config(_config_path(args, settings))
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.app import Worker, stop_on_signals
+
+    config = _load(args, settings)
+
+    async def run() -> int:
+        async with SqliteStore(settings.db) as store:
+            worker = Worker(config, store, grace=args.grace)
+            with stop_on_signals(worker):
+                await worker.run()
+        return EXIT_OK
+
+    try:
+        return _run_async(run())
+    except* StoreError as group:
+        for exc in group.exceptions:
+            print(f"feedhook: {exc}", file=sys.stderr)
+    except* Exception as group:
+        for exc in group.exceptions:
+            print(f"feedhook: stopped by an unexpected error: {exc!r}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# --- check ---------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    path = _config_path(args, settings)
+    config = load_config(path)
+    print(f"{path}: OK")
+    print(f"\nsources ({len(config.sources)}):")
+    for name, source in config.sources.items():
+        extra = f", event types {', '.join(source.event_types)}" if source.event_types else ""
+        print(
+            f"  {name}: {source.kind} at {redact_url(source.url)} ({source.format}), "
+            f"every {source.poll_interval:g}s, start {source.start}, "
+            f"rate limit {source.rate_limit}{extra}"
+        )
+    print(f"\nsubscriptions ({len(config.subscriptions)}):")
+    for name, sub in config.subscriptions.items():
+        print(f"  {name} -> {redact_url(sub.url)}")
+        print(f"    types:   {', '.join(sub.types)}")
+        print(f"    sources: {', '.join(sub.sources) if sub.sources else 'all'}")
+        if sub.filter:
+            print(f"    filter:  {sub.filter}")
+        signing = "signed" if sub.secret else "UNSIGNED (no secret)"
+        if sub.previous_secrets:
+            signing += f", plus {len(sub.previous_secrets)} previous secret(s)"
+        print(f"    {signing}; timeout {sub.timeout:g}s; max_in_flight {sub.max_in_flight}")
+    if not config.subscriptions:
+        print("  (none: events will be stored but sent nowhere)")
+    return EXIT_OK
+
+
+# --- status and dead letters ---------------------------------------------------------
+
+
+def _open_existing(settings: Settings) -> SqliteStore:
+    if settings.db != ":memory:" and not os.path.exists(settings.db):
+        raise UsageError(
+            f"no database at {settings.db}; set FEEDHOOK_DB to the file `feedhook run` uses"
+        )
+    return SqliteStore(settings.db)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    moment = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{moment}Z ({_ago(time.time() - ts)} ago)"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def status_document(status: Status, config: Config | None) -> dict[str, Any]:
+    sources = sorted(set(status.sources) | set(config.sources if config else ()))
+    subs = sorted(set(status.subscriptions) | set(config.subscriptions if config else ()))
+    out: dict[str, Any] = {"sources": {}, "subscriptions": {}}
+    for name in sources:
+        state = status.sources.get(name)
+        out["sources"][name] = {
+            "configured": config is None or name in config.sources,
+            "cursor": state.cursor if state else None,
+            "last_poll_at": state.last_poll_at if state else None,
+            "last_success_at": state.last_success_at if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": state.last_error_at if state else None,
+        }
+    for name in subs:
+        counts = status.subscriptions.get(name)
+        out["subscriptions"][name] = {
+            "configured": config is None or name in config.subscriptions,
+            "pending": (counts.pending + counts.in_flight) if counts else 0,
+            "delivered": counts.delivered if counts else 0,
+            "dead": counts.dead if counts else 0,
+        }
+    return out
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    config: Config | None = None
+    try:
+        config = _load(args, settings)
+    except ConfigError:
+        if args.config:
+            raise
+
+    async def read() -> Status:
+        async with _open_existing(settings) as store:
+            return await store.status()
+
+    document = status_document(asyncio.run(read()), config)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print("sources:")
+    for name, s in document["sources"].items():
+        gone = "" if s["configured"] else "  (no longer configured)"
+        print(f"  {name}{gone}")
+        print(f"    cursor:     {s['cursor'] or '(none yet)'}")
+        print(f"    last poll:  {_when(s['last_poll_at'])}")
+        print(f"    last ok:    {_when(s['last_success_at'])}")
+        if s["last_error"]:
+            print(f"    last error: {s['last_error']} at {_when(s['last_error_at'])}")
+    print("subscriptions:")
+    width = max((len(n) for n in document["subscriptions"]), default=12)
+    print(f"  {'name':<{width}}  {'pending':>9}  {'delivered':>9}  {'dead':>6}")
+    for name, c in document["subscriptions"].items():
+        gone = "  (no longer configured)" if not c["configured"] else ""
+        print(
+            f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}{gone}"
+        )
+    return EXIT_OK
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    action = args.dlq_command
+    if action in ("replay", "purge") and not args.ids and not args.all:
+        raise UsageError(f"dlq {action}: name dead letter IDs, or --all (optionally with -s)")
+    if action in ("replay", "purge") and args.ids and args.all:
+        raise UsageError(f"dlq {action}: give IDs or --all, not both")
+
+    async def act() -> int:
+        async with _open_existing(settings) as store:
+            if action == "list":
+                letters = await store.list_dead(args.subscription, args.limit, args.after)
+                if args.json:
+                    print(json.dumps([_dead_json(d) for d in letters], indent=2))
+                elif not letters:
+                    print("no dead letters")
+                else:
+                    print(f"{'id':>6}  {'failed at':<20}  {'subscription':<16}  envelope / reason")
+                    for d in letters:
+                        failed = datetime.fromtimestamp(d.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                        print(f"{d.id:>6}  {failed:<20}  {d.subscription:<16}  {d.envelope_id} {d.type}")
+                        print(f"{'':>6}  {'':<20}  {'':<16}  {d.reason}")
+                return EXIT_OK
+            if action == "show":
+                letter = await store.get_dead(args.id)
+                if letter is None:
+                    print(f"feedhook: no dead letter {args.id}", file=sys.stderr)
+                    return EXIT_FAILURE
+                print(json.dumps(_dead_json(letter, with_event=True), indent=2))
+                return EXIT_OK
+            ids = args.ids or None
+            if action == "replay":
+                count = await store.replay_dead(ids, args.subscription, time.time())
+                print(f"replayed {count} dead letter(s); a running feedhook delivers them now")
+            else:
+                count = await store.purge_dead(ids, args.subscription)
+                print(f"purged {count} dead letter(s)")
+            if ids and count < len(ids):
+                print(f"feedhook: {len(ids) - count} of the given ids were not found", file=sys.stderr)
+                return EXIT_FAILURE
+            return EXIT_OK
+
+    return asyncio.run(act())
+
+
+def _dead_json(letter: Any, with_event: bool = False) -> dict[str, Any]:
+    out = {
+        "id": letter.id,
+        "subscription": letter.subscription,
+        "envelope_id": letter.envelope_id,
+        "type": letter.type,
+        "attempts": letter.attempts,
+        "status_code": letter.status_code,
+        "reason": letter.reason,
+        "response_body": letter.response_body,
+        "failed_at": datetime.fromtimestamp(letter.failed_at, UTC).isoformat(),
+    }
+    if with_event and letter.body is not None:
+        out["event"] = json.loads(letter.body)
+    return out
+
+
+# --- demo and send-test --------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.demo import run_demo
+
+    if args.events < 1:
+        raise UsageError("--events must be at least 1")
+    if "FEEDHOOK_LOG_LEVEL" not in os.environ:
+        logs.setup("WARNING", settings.log_format)  # the demo's own lines tell the story
+    return asyncio.run(run_demo(args.events, args.duration))
+
+
+def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.delivery.sendtest import send_test
+
+    config = _load(args, settings)
+    if args.subscription not in config.subscriptions:
+        known = ", ".join(config.subscriptions) or "none"
+        raise UsageError(f"no subscription {args.subscription!r} (configured: {known})")
+    return asyncio.run(send_test(args.subscription, config.subscriptions[args.subscription]))

@@ -1,0 +1,416 @@
+"""hooks.yaml -> typed, frozen models.
+
+Every problem in a file is collected and reported at once, each naming the file, the key
+path and what was expected, so a person can fix the whole file in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import jmespath
+import jmespath.exceptions
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# --- value types ---------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """'250ms', '10s', '5m', '2h', '3d' (or a bare number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {redact_url(value)!r}")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ part masked, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `requests` requests in any window of `per` seconds."""
+
+    requests: int
+    per: float
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.per:g}s"
+
+
+def _rate_limit(value: object) -> RateLimit:
+    if isinstance(value, RateLimit):
+        return value
+    if isinstance(value, str) and "/" in value:
+        count, _, window = value.partition("/")
+        if count.strip().isdigit() and int(count) > 0:
+            return RateLimit(int(count), parse_duration(window))
+    raise ValueError(f"expected a rate like 150/30s (requests/duration), got {value!r}")
+
+
+_GLOB_CHARS = re.compile(r"^[A-Za-z0-9_.*?!\[\]-]+$")
+
+
+def check_glob(pattern: str) -> str:
+    """A type glob: fnmatch syntax over type names, brackets balanced."""
+    if not pattern or not _GLOB_CHARS.match(pattern):
+        raise ValueError(
+            f"not a type glob: {pattern!r} (use letters, digits, '.', '_', '-' "
+            "and the wildcards * ? [...], e.g. 'sequence.job.*')"
+        )
+    depth = 0
+    for char in pattern:
+        if char == "[":
+            if depth:
+                raise ValueError(f"not a type glob: {pattern!r} (nested '[')")
+            depth = 1
+        elif char == "]" and depth:
+            depth = 0
+    if depth:
+        raise ValueError(f"not a type glob: {pattern!r} ('[' is never closed)")
+    return pattern
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+Rate = Annotated[RateLimit, BeforeValidator(_rate_limit)]
+Glob = Annotated[str, BeforeValidator(check_glob)]
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+# Standard Webhooks' example schedule, after the first attempt.
+DEFAULT_SCHEDULE: tuple[float, ...] = (
+    5.0,
+    300.0,
+    1800.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    50400.0,
+    72000.0,
+    86400.0,
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- sources -------------------------------------------------------------------------
+
+
+class _SourceCommon(_Model):
+    url: HttpUrl
+    poll_interval: Duration = 10.0
+    timeout: Duration = 30.0
+    max_backoff: Duration = 300.0
+    rate_limit: Rate = RateLimit(150, 30.0)
+    start: str = "latest"
+
+
+class _BebanjoSource(_SourceCommon):
+    username: str = Field(min_length=1)
+    password: SecretStr
+    events_url: HttpUrl | None = None
+    event_types: tuple[str, ...] = ()
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("a Digest username cannot contain ':'")
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value in ("latest", "earliest") or value.isdigit():
+            return value
+        raise ValueError(f"expected latest, earliest or an event id, got {value!r}")
+
+    @field_validator("event_types")
+    @classmethod
+    def _event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*_(created|updated|deleted)", name):
+                raise ValueError(
+                    f"not a BeBanjo event type: {name!r} (expected <resource>_created, "
+                    "<resource>_updated or <resource>_deleted, e.g. job_created)"
+                )
+        return value
+
+
+class SequenceSource(_BebanjoSource):
+    kind: Literal["sequence"]
+    format: Literal["json", "xml"] = "json"
+
+
+class MovidaSource(_BebanjoSource):
+    kind: Literal["movida"]
+    format: Literal["xml"] = "xml"
+
+
+SourceConfig = Annotated[SequenceSource | MovidaSource, Field(discriminator="kind")]
+SOURCE_KINDS = ("sequence", "movida")
+
+# --- subscriptions -------------------------------------------------------------------
+
+
+class RetryConfig(_Model):
+    schedule: tuple[Duration, ...] = DEFAULT_SCHEDULE
+    max_age: Duration | None = None
+
+
+def _whsec(value: SecretStr) -> SecretStr:
+    import base64
+    import binascii
+
+    raw = value.get_secret_value()
+    if not raw.startswith("whsec_"):
+        raise ValueError("expected a Standard Webhooks secret starting with 'whsec_'")
+    try:
+        key = base64.b64decode(raw[len("whsec_") :], validate=True)
+    except binascii.Error:
+        raise ValueError("the part after 'whsec_' is not valid base64") from None
+    if len(key) < 16:
+        raise ValueError("the secret is too short: use at least 16 random bytes (24+ base64)")
+    return value
+
+
+class SubscriptionConfig(_Model):
+    url: HttpUrl
+    types: tuple[Glob, ...] = Field(min_length=1)
+    sources: tuple[str, ...] | None = None
+    filter: str | None = None
+    secret: SecretStr | None = None
+    previous_secrets: tuple[SecretStr, ...] = ()
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 15.0
+    max_in_flight: int = Field(default=10, ge=1, le=1000)
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _whsec(value)
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _previous(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        return tuple(_whsec(v) for v in value)
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                jmespath.compile(value)
+            except jmespath.exceptions.JMESPathError as exc:
+                detail = str(exc).splitlines()[0]
+                raise ValueError(f"not a valid JMESPath expression: {detail}") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = {"content-type", "content-length", "host", "user-agent", "transfer-encoding"}
+        for name in value:
+            lowered = name.lower()
+            if lowered in reserved or lowered.startswith("webhook-"):
+                raise ValueError(f"header {name!r} is set by feedhook and cannot be overridden")
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"not a valid HTTP header name: {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _previous_needs_secret(self) -> SubscriptionConfig:
+        if self.previous_secrets and self.secret is None:
+            raise ValueError("previous_secrets needs a current secret")
+        return self
+
+
+class Config(_Model):
+    sources: dict[str, SourceConfig]
+    subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `errors` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+SECRET_KEYS = frozenset(
+    {"password", "secret", "previous_secrets", "token", "client_secret", "account_key"}
+)
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[str], label: str) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; $$ is a literal $."""
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, label) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}[{i}]", env, errors, label) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        errors.append(
+            f"{label}: {path}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-default}})"
+        )
+        return ""
+
+    return _VAR.sub(substitute, node)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    # A discriminated union adds the kind as a step; the user never wrote it.
+    if len(parts) >= 3 and parts[0] == "sources" and parts[2] in SOURCE_KINDS:
+        del parts[2]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _describe(error: Any, model_fields: dict[str, set[str]]) -> str:
+    kind = error["type"]
+    msg = str(error["msg"])
+    loc = error["loc"]
+    secret = any(str(part) in SECRET_KEYS for part in loc)
+    shown = "" if secret else f", got {error.get('input')!r}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling and indentation)"
+    if kind in ("value_error", "assertion_error"):
+        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "union_tag_invalid":
+        return f"unknown kind {error['input'].get('kind')!r} (expected one of: {', '.join(SOURCE_KINDS)})"
+    if kind == "union_tag_not_found":
+        return f"required key 'kind' is missing (one of: {', '.join(SOURCE_KINDS)})"
+    if kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]}{shown}"
+    return f"{msg[0].lower()}{msg[1:]}{shown}"
+
+
+def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [f"{label}: (top level): expected a mapping with 'sources' and 'subscriptions'"]
+        )
+    expanded = _expand(raw, "", os.environ if env is None else env, errors, label)
+    for section in ("sources", "subscriptions"):
+        names = expanded.get(section)
+        if isinstance(names, dict):
+            for name in names:
+                if not isinstance(name, str) or not NAME.match(name):
+                    errors.append(
+                        f"{label}: {section}.{name}: not a valid name "
+                        "(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
+                    )
+    config: Config | None = None
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        for error in exc.errors():
+            errors.append(f"{label}: {_key_path(error['loc'])}: {_describe(error, {})}")
+    if config is not None:
+        for name, sub in config.subscriptions.items():
+            for i, source in enumerate(sub.sources or ()):
+                if source not in config.sources:
+                    known = ", ".join(sorted(config.sources)) or "none"
+                    errors.append(
+                        f"{label}: subscriptions.{name}.sources[{i}]: unknown source "
+                        f"{source!r} (configured sources: {known})"
+                    )
+    if errors:
+        raise ConfigError(errors)
+    assert config is not None
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a hooks.yaml; raise ConfigError listing every problem."""
+    label = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{label}: file not found (pass -c FILE or set FEEDHOOK_CONFIG)"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{label}: cannot read the file: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f":{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{label}{where}: invalid YAML: {problem}"]) from None
+    return parse_config(raw, label, env)

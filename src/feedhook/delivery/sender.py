@@ -1,0 +1,103 @@
+"""One delivery attempt: a signed POST over a shared keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Mapping
+
+import aiohttp
+
+from feedhook import clock
+from feedhook.delivery.policy import AttemptResult
+from feedhook.delivery.signing import Signer
+
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+# Enough to keep the connection reusable for ordinary replies; only 1 KB is kept.
+_READ_LIMIT = 64 * 1024
+KEPT_BODY = 1024
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date -> seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The one pool every delivery goes through; lanes bound concurrency, not the pool."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+
+class Sender:
+    def __init__(self, session: aiohttp.ClientSession, user_agent: str) -> None:
+        self.session = session
+        self.user_agent = user_agent
+
+    async def attempt(
+        self,
+        url: str,
+        envelope_id: str,
+        body: bytes,
+        signer: Signer,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> AttemptResult:
+        """POST once. Never raises for network trouble: it becomes the result's error."""
+        timestamp = int(clock.now())
+        request_headers = {
+            "content-type": CONTENT_TYPE,
+            "webhook-id": envelope_id,
+            "webhook-timestamp": str(timestamp),
+            "user-agent": self.user_agent,
+        }
+        if signer:
+            request_headers["webhook-signature"] = signer.sign(envelope_id, timestamp, body)
+        request_headers.update(headers)
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                url,
+                data=body,
+                headers=request_headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                raw = bytearray()
+                while len(raw) < _READ_LIMIT:
+                    chunk = await response.content.read(_READ_LIMIT - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
+                return AttemptResult(
+                    status=response.status,
+                    retry_after=parse_retry_after(
+                        response.headers.get("Retry-After"), clock.now()
+                    ),
+                    body=bytes(raw[:KEPT_BODY]).decode("utf-8", "replace") or None,
+                    duration=time.perf_counter() - started,
+                    location=response.headers.get("Location"),
+                )
+        except TimeoutError:
+            error = f"no response within {timeout:g}s (timeout)"
+        except aiohttp.ClientConnectorError as exc:
+            error = f"cannot connect: {exc.os_error or exc}"
+        except aiohttp.ServerDisconnectedError:
+            error = "the server closed the connection without answering"
+        except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an attempt must never take the dispatcher down
+            error = f"unexpected {type(exc).__name__}: {exc}"
+        return AttemptResult(status=None, error=error, duration=time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""The one envelope every event becomes: CloudEvents 1.0, JSON, structured mode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A normalized event. `id` is `<source name>:<upstream id>`, stable forever."""
+
+    id: str
+    source: str
+    type: str
+    time: str
+    feedhooksource: str
+    data: dict[str, Any]
+    subject: str | None = None
+    # The canonical bytes are what is stored, signed and sent: computed once.
+    body: bytes = field(default=b"", compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        if self.subject is not None:
+            out["subject"] = self.subject
+        out["time"] = self.time
+        out["datacontenttype"] = "application/json"
+        out["feedhooksource"] = self.feedhooksource
+        out["data"] = self.data
+        return out
+
+
+def make_envelope(
+    *,
+    source_name: str,
+    upstream_id: str,
+    source: str,
+    type: str,
+    time: datetime,
+    data: dict[str, Any],
+    subject: str | None = None,
+) -> Envelope:
+    """Build an envelope and its canonical JSON bytes."""
+    envelope = Envelope(
+        id=f"{source_name}:{upstream_id}",
+        source=source,
+        type=type,
+        time=rfc3339_utc(time),
+        feedhooksource=source_name,
+        data=data,
+        subject=subject,
+    )
+    object.__setattr__(envelope, "body", encode(envelope.to_dict()))
+    return envelope
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON: the exact bytes receivers verify signatures against."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def rfc3339_utc(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z; fractions only when the upstream had them."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

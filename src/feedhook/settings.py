@@ -1,0 +1,19 @@
+"""The FEEDHOOK_* environment, read once at start."""
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-level settings; everything about feeds and subscribers lives in the YAML."""
+
+    model_config = SettingsConfigDict(env_prefix="FEEDHOOK_", frozen=True, extra="ignore")
+
+    config: str = "hooks.yaml"
+    db: str = "feedhook.db"
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8080
+    admin_token: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"

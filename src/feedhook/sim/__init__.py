@@ -1,0 +1,9 @@
+"""Simulated upstreams and a receiver, faithful to the vendors' pages.
+
+Used by `feedhook demo`, the tests and the benchmarks: real aiohttp servers on loopback.
+"""
+
+from feedhook.sim.bebanjo import Fault, SimFeed
+from feedhook.sim.receiver import Receiver
+
+__all__ = ["Fault", "Receiver", "SimFeed"]

@@ -1,0 +1,110 @@
+"""A webhook receiver that records every request and answers as told."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from feedhook.sim.serve import LoopbackServer
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    path: str
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    status: int
+
+
+@dataclass
+class _Behaviour:
+    plan: deque[int] = field(default_factory=deque)
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Receiver:
+    """POST /<name> records the request; answers 200 unless planned otherwise."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.listeners: list[Callable[[Received], None]] = []
+        self._behaviour: dict[str, _Behaviour] = {}
+        self._changed = asyncio.Condition()
+        self.server = LoopbackServer(self.app())
+
+    def url(self, name: str) -> str:
+        return f"{self.server.url}/{name}"
+
+    async def start(self) -> str:
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def _for(self, name: str) -> _Behaviour:
+        return self._behaviour.setdefault(name, _Behaviour())
+
+    def plan(self, name: str, statuses: list[int]) -> None:
+        """Answer these statuses to the next requests on /name, then the usual status."""
+        self._for(name).plan.extend(statuses)
+
+    def answer(
+        self, name: str, status: int = 200, delay: float = 0.0, headers: dict[str, str] | None = None
+    ) -> None:
+        """From now on answer /name with this status after `delay` seconds."""
+        behaviour = self._for(name)
+        behaviour.status, behaviour.delay, behaviour.headers = status, delay, headers or {}
+
+    def ok(self, name: str | None = None) -> list[Received]:
+        """Requests answered 2xx (on /name, or all)."""
+        return [
+            r for r in self.received if 200 <= r.status < 300 and (name is None or r.path == name)
+        ]
+
+    async def wait_for(self, predicate: Callable[[Receiver], bool], timeout: float) -> bool:
+        async def until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/{name}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.read()
+        behaviour = self._for(name)
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        status = behaviour.plan.popleft() if behaviour.plan else behaviour.status
+        record = Received(
+            path=name,
+            webhook_id=request.headers.get("webhook-id", ""),
+            headers=dict(request.headers),
+            body=body,
+            at=time.time(),
+            status=status,
+        )
+        self.received.append(record)
+        for listener in self.listeners:
+            listener(record)
+        async with self._changed:
+            self._changed.notify_all()
+        text = "ok" if status < 300 else f"receiver says no ({status})"
+        return web.Response(status=status, text=text, headers=behaviour.headers)

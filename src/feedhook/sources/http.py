@@ -1,0 +1,159 @@
+"""The HTTP side every feed shares: a request budget, timeouts, size caps, 429 handling.
+
+Everything that goes wrong becomes a FeedError whose message a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from feedhook.config import RateLimit, redact_url
+from feedhook.delivery.sender import parse_retry_after
+from feedhook.sources.base import FeedError
+
+log = logging.getLogger("feedhook.source")
+
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_RATE_LIMIT_WAIT = 900.0
+RATE_LIMIT_RETRIES = 5
+
+
+class RequestBudget:
+    """At most `requests` requests in any sliding window of `per` seconds."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._sent and now - self._sent[0] >= self.limit.per:
+                    self._sent.popleft()
+                if len(self._sent) < self.limit.requests:
+                    self._sent.append(now)
+                    return
+                await asyncio.sleep(self._sent[0] + self.limit.per - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    url: str
+    status: int
+    content_type: str
+    body: bytes
+
+
+class FeedClient:
+    """GETs against one upstream, within its budget; one per source."""
+
+    def __init__(
+        self,
+        source: str,
+        session: aiohttp.ClientSession,
+        rate_limit: RateLimit,
+        timeout: float,
+    ) -> None:
+        self.source = source
+        self.session = session
+        self.budget = RequestBudget(rate_limit)
+        self.timeout = timeout
+
+    async def get(
+        self, url: str, params: Mapping[str, str] | None = None, accept: str = "*/*"
+    ) -> Response:
+        """A 2xx response, or FeedError. A 429 is waited out, up to a bound."""
+        shown = redact_url(url)
+        for _ in range(RATE_LIMIT_RETRIES):
+            await self.budget.acquire()
+            response = await self._get_once(url, shown, params, accept)
+            if response.status != 429:
+                return self._check(response, shown)
+        raise FeedError(
+            f"{shown}: still rate limited (HTTP 429) after {RATE_LIMIT_RETRIES} waits; "
+            "lower this source's rate_limit or check what else uses the same API user"
+        )
+
+    async def _get_once(
+        self, url: str, shown: str, params: Mapping[str, str] | None, accept: str
+    ) -> Response:
+        try:
+            async with self.session.get(
+                url,
+                params=params,
+                headers={"Accept": accept},
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                declared = response.content_length
+                if declared is not None and declared > MAX_RESPONSE_BYTES:
+                    raise FeedError(
+                        f"{shown}: response of {declared} bytes is larger than the "
+                        f"{MAX_RESPONSE_BYTES} byte limit"
+                    )
+                body = await _read_capped(response, shown)
+                if response.status == 429:
+                    await self._wait_rate_limit(response, shown)
+                return Response(
+                    url=str(response.url),
+                    status=response.status,
+                    content_type=response.headers.get("Content-Type", ""),
+                    body=body,
+                )
+        except FeedError:
+            raise
+        except TimeoutError:
+            raise FeedError(f"{shown}: no complete answer within {self.timeout:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise FeedError(f"{shown}: cannot connect: {exc.os_error or exc}") from None
+        except aiohttp.ClientPayloadError:
+            raise FeedError(f"{shown}: the response body was cut off (truncated)") from None
+        except aiohttp.ClientError as exc:
+            raise FeedError(f"{shown}: {type(exc).__name__}: {exc}") from None
+
+    async def _wait_rate_limit(self, response: aiohttp.ClientResponse, shown: str) -> None:
+        reset = response.headers.get("Ratelimit-Reset")
+        wait = parse_retry_after(reset, time.time()) if reset else None
+        if wait is None:
+            wait = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        wait = min(MAX_RATE_LIMIT_WAIT, 1.0 if wait is None else wait)
+        log.warning(
+            "%s: %s answered 429 (rate limited); waiting %.1fs before asking again",
+            self.source,
+            shown,
+            wait,
+            extra={"source": self.source, "status_code": 429},
+        )
+        await asyncio.sleep(wait)
+
+    def _check(self, response: Response, shown: str) -> Response:
+        status = response.status
+        if 200 <= status < 300:
+            return response
+        excerpt = " ".join(response.body[:300].decode("utf-8", "replace").split())[:160]
+        hint = {
+            401: "check the username and password (or keys) for this source",
+            403: "the API user lacks permission for this feed",
+            404: "check the url / events_url of this source",
+        }.get(status, "the upstream is failing; feedhook will keep retrying")
+        if 300 <= status < 400:
+            hint = "redirects are not followed; set the final URL in the config"
+        raise FeedError(f"{shown}: HTTP {status} ({hint}){': ' + excerpt if excerpt else ''}")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, shown: str) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise FeedError(f"{shown}: response larger than the {MAX_RESPONSE_BYTES} byte limit")
+    return bytes(body)

@@ -1,0 +1,113 @@
+"""What the rest of feedhook may ask of a store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from feedhook.envelope import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class IngestItem:
+    """One normalized event and the subscriptions it was routed to."""
+
+    upstream_id: str
+    envelope: Envelope
+    subscriptions: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed (event, subscription) pair, ready for one attempt."""
+
+    id: int
+    subscription: str
+    envelope_id: str
+    type: str
+    body: bytes
+    attempts: int
+    created_at: float
+    ingested_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one attempt, and what the policy decided."""
+
+    delivery_id: int
+    kind: Literal["delivered", "retry", "dead"]
+    attempts: int
+    at: float
+    next_attempt_at: float | None = None
+    status_code: int | None = None
+    reason: str | None = None
+    response_body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    delivery_id: int
+    subscription: str
+    envelope_id: str
+    type: str
+    attempts: int
+    status_code: int | None
+    reason: str
+    response_body: str | None
+    failed_at: float
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    name: str
+    cursor: str | None
+    cursor_updated_at: float | None
+    last_poll_at: float | None
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+@dataclass(slots=True)
+class SubscriptionCounts:
+    pending: int = 0
+    in_flight: int = 0
+    delivered: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class Status:
+    sources: dict[str, SourceState] = field(default_factory=dict)
+    subscriptions: dict[str, SubscriptionCounts] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # sources
+    async def get_cursor(self, source: str) -> str | None: ...
+    async def ingest(self, source: str, items: Sequence[IngestItem], cursor: str) -> int: ...
+    async def record_poll(self, source: str, at: float, error: str | None = None) -> None: ...
+
+    # deliveries
+    async def recover_in_flight(self) -> int: ...
+    async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]: ...
+    async def next_due_at(self) -> float | None: ...
+    async def complete(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    # operations
+    async def status(self) -> Status: ...
+    async def list_dead(
+        self, subscription: str | None = None, limit: int = 100, after: int = 0
+    ) -> list[DeadLetter]: ...
+    async def get_dead(self, dead_id: int) -> DeadLetter | None: ...
+    async def replay_dead(
+        self, ids: Sequence[int] | None, subscription: str | None, now: float
+    ) -> int: ...
+    async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int: ...

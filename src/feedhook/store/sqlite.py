@@ -1,0 +1,404 @@
+"""The embedded store: SQLite in WAL mode through aiosqlite.
+
+One connection, one asyncio lock: every transaction runs alone, so the poller's ingest and
+the dispatcher's batched completions never interleave statements inside each other's
+transaction. Explicit BEGIN/COMMIT; any failure or cancellation rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from feedhook import clock
+from feedhook.store.base import (
+    DeadLetter,
+    Delivery,
+    IngestItem,
+    Outcome,
+    SourceState,
+    Status,
+    SubscriptionCounts,
+)
+
+# Each entry moves the schema one version up; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body BLOB NOT NULL,
+        ingested_at REAL NOT NULL,
+        UNIQUE (source, upstream_id)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events (id),
+        subscription TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'in_flight', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        UNIQUE (event_id, subscription)
+    );
+    CREATE INDEX deliveries_due ON deliveries (subscription, next_attempt_at)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_in_flight ON deliveries (state) WHERE state = 'in_flight';
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+        subscription TEXT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        status_code INTEGER,
+        reason TEXT NOT NULL,
+        response_body TEXT,
+        failed_at REAL NOT NULL
+    );
+    CREATE INDEX dead_letters_by_subscription ON dead_letters (subscription, id);
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        cursor TEXT,
+        cursor_updated_at REAL,
+        last_poll_at REAL,
+        last_success_at REAL,
+        last_error TEXT,
+        last_error_at REAL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, unreadable file, ...)."""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
+        self._db = db
+        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process crash; a power cut can drop the last
+        # commits, and then cursor and outbox roll back together: nothing is skipped.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.rollback()
+                raise
+            await db.commit()
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            (version,) = await self._one(db, "PRAGMA user_version")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: the database has schema version {version}, newer than "
+                    f"this feedhook understands ({SCHEMA_VERSION}); upgrade feedhook"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _statements(MIGRATIONS[number]):
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    # --- sources ---------------------------------------------------------------------
+
+    async def get_cursor(self, source: str) -> str | None:
+        row = await self._one(self.db, "SELECT cursor FROM sources WHERE name = ?", (source,))
+        return None if row is None else row[0]
+
+    async def ingest(self, source: str, items: Sequence[IngestItem], cursor: str) -> int:
+        """Write a page's new events, their deliveries and the cursor in one transaction."""
+        now = clock.now()
+        async with self._transaction() as db:
+            fresh: list[IngestItem] = []
+            if items:
+                ids = [item.upstream_id for item in items]
+                marks = ",".join("?" * len(ids))
+                rows = await db.execute_fetchall(
+                    f"SELECT upstream_id FROM events WHERE source = ? AND upstream_id IN ({marks})",
+                    (source, *ids),
+                )
+                known = {row[0] for row in rows}
+                seen: set[str] = set()
+                for item in items:
+                    if item.upstream_id not in known and item.upstream_id not in seen:
+                        seen.add(item.upstream_id)
+                        fresh.append(item)
+            if fresh:
+                await db.executemany(
+                    "INSERT INTO events (source, upstream_id, envelope_id, type, body, ingested_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (source, i.upstream_id, i.envelope.id, i.envelope.type, i.envelope.body, now)
+                        for i in fresh
+                    ],
+                )
+                routed = [i for i in fresh if i.subscriptions]
+                if routed:
+                    marks = ",".join("?" * len(routed))
+                    rows = await db.execute_fetchall(
+                        f"SELECT upstream_id, id FROM events WHERE source = ? "
+                        f"AND upstream_id IN ({marks})",
+                        (source, *(i.upstream_id for i in routed)),
+                    )
+                    event_ids = dict(rows)  # type: ignore[arg-type]
+                    await db.executemany(
+                        "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                        " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                        [
+                            (event_ids[i.upstream_id], name, now, now, now)
+                            for i in routed
+                            for name in i.subscriptions
+                        ],
+                    )
+            await db.execute(
+                "INSERT INTO sources (name, cursor, cursor_updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
+                " cursor_updated_at = excluded.cursor_updated_at",
+                (source, cursor, now),
+            )
+        return len(fresh)
+
+    async def record_poll(self, source: str, at: float, error: str | None = None) -> None:
+        async with self._transaction() as db:
+            if error is None:
+                await db.execute(
+                    "INSERT INTO sources (name, last_poll_at, last_success_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET last_poll_at = excluded.last_poll_at,"
+                    " last_success_at = excluded.last_success_at, last_error = NULL,"
+                    " last_error_at = NULL",
+                    (source, at, at),
+                )
+            else:
+                await db.execute(
+                    "INSERT INTO sources (name, last_poll_at, last_error, last_error_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " last_poll_at = excluded.last_poll_at, last_error = excluded.last_error,"
+                    " last_error_at = excluded.last_error_at",
+                    (source, at, error, at),
+                )
+
+    # --- deliveries ------------------------------------------------------------------
+
+    async def recover_in_flight(self) -> int:
+        """Deliveries that were in flight when the last process died become due again."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'"
+            )
+            return cursor.rowcount
+
+    async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT d.id, d.attempts, d.created_at, e.envelope_id, e.type, e.body,"
+                " e.ingested_at FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.subscription = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
+                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (subscription, now, limit),
+            )
+            if not rows:
+                return []
+            claimed = [
+                Delivery(
+                    id=row[0],
+                    subscription=subscription,
+                    envelope_id=row[3],
+                    type=row[4],
+                    body=row[5],
+                    attempts=row[1],
+                    created_at=row[2],
+                    ingested_at=row[6],
+                )
+                for row in rows
+            ]
+            marks = ",".join("?" * len(claimed))
+            await db.execute(
+                f"UPDATE deliveries SET state = 'in_flight', updated_at = ? WHERE id IN ({marks})",
+                (now, *(d.id for d in claimed)),
+            )
+            return claimed
+
+    async def next_due_at(self) -> float | None:
+        row = await self._one(
+            self.db, "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        )
+        return None if row is None else row[0]
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> None:
+        """Record a batch of attempt outcomes in one transaction."""
+        delivered = [o for o in outcomes if o.kind == "delivered"]
+        retries = [o for o in outcomes if o.kind == "retry"]
+        dead = [o for o in outcomes if o.kind == "dead"]
+        async with self._transaction() as db:
+            if delivered:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'delivered', attempts = ?, updated_at = ?,"
+                    " last_status = ?, last_error = NULL WHERE id = ?",
+                    [(o.attempts, o.at, o.status_code, o.delivery_id) for o in delivered],
+                )
+            if retries:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'pending', attempts = ?, updated_at = ?,"
+                    " next_attempt_at = ?, last_status = ?, last_error = ? WHERE id = ?",
+                    [
+                        (o.attempts, o.at, o.next_attempt_at, o.status_code, o.reason, o.delivery_id)
+                        for o in retries
+                    ],
+                )
+            if dead:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'dead', attempts = ?, updated_at = ?,"
+                    " last_status = ?, last_error = ? WHERE id = ?",
+                    [(o.attempts, o.at, o.status_code, o.reason, o.delivery_id) for o in dead],
+                )
+                await db.executemany(
+                    "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
+                    " attempts, status_code, reason, response_body, failed_at)"
+                    " SELECT d.id, d.subscription, e.envelope_id, e.type, ?, ?, ?, ?, ?"
+                    " FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+                    [
+                        (o.attempts, o.status_code, o.reason or "", o.response_body, o.at, o.delivery_id)
+                        for o in dead
+                    ],
+                )
+
+    # --- operations ------------------------------------------------------------------
+
+    async def status(self) -> Status:
+        sources = {
+            row[0]: SourceState(*row)
+            for row in await self.db.execute_fetchall(
+                "SELECT name, cursor, cursor_updated_at, last_poll_at, last_success_at,"
+                " last_error, last_error_at FROM sources ORDER BY name"
+            )
+        }
+        subscriptions: dict[str, SubscriptionCounts] = {}
+        for name, state, count in await self.db.execute_fetchall(
+            "SELECT subscription, state, count(*) FROM deliveries GROUP BY subscription, state"
+        ):
+            setattr(subscriptions.setdefault(name, SubscriptionCounts()), state, count)
+        return Status(sources=sources, subscriptions=subscriptions)
+
+    _DEAD_COLUMNS = (
+        "id, delivery_id, subscription, envelope_id, type, attempts, status_code, reason,"
+        " response_body, failed_at"
+    )
+
+    async def list_dead(
+        self, subscription: str | None = None, limit: int = 100, after: int = 0
+    ) -> list[DeadLetter]:
+        where, params = "id > ?", [after]
+        if subscription is not None:
+            where += " AND subscription = ?"
+            params.append(subscription)
+        rows = await self.db.execute_fetchall(
+            f"SELECT {self._DEAD_COLUMNS} FROM dead_letters WHERE {where} ORDER BY id LIMIT ?",
+            (*params, limit),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def get_dead(self, dead_id: int) -> DeadLetter | None:
+        columns = ", ".join(f"x.{c.strip()}" for c in self._DEAD_COLUMNS.split(","))
+        row = await self._one(
+            self.db,
+            f"SELECT {columns}, e.body FROM dead_letters x"
+            " JOIN deliveries d ON d.id = x.delivery_id JOIN events e ON e.id = d.event_id"
+            " WHERE x.id = ?",
+            (dead_id,),
+        )
+        return None if row is None else DeadLetter(*row)
+
+    def _dead_filter(
+        self, ids: Sequence[int] | None, subscription: str | None
+    ) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if ids is not None:
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        if subscription is not None:
+            clauses.append("subscription = ?")
+            params.append(subscription)
+        return (" AND ".join(clauses) or "1"), params
+
+    async def replay_dead(
+        self, ids: Sequence[int] | None, subscription: str | None, now: float
+    ) -> int:
+        """Put dead deliveries back in the outbox with a fresh retry budget."""
+        where, params = self._dead_filter(ids, subscription)
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " created_at = ?, updated_at = ?, last_error = NULL WHERE state = 'dead' AND id IN"
+                f" (SELECT delivery_id FROM dead_letters WHERE {where})",
+                (now, now, now, *params),
+            )
+            cursor = await db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            return cursor.rowcount
+
+    async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
+        where, params = self._dead_filter(ids, subscription)
+        async with self._transaction() as db:
+            cursor = await db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            return cursor.rowcount
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
