@@ -221,7 +221,7 @@ def _whsec(value: SecretStr) -> SecretStr:
 
 class SubscriptionConfig(_Model):
     url: HttpUrl
-    types: tuple[Glob, ...] = Field(min_length=1)
+    types: tuple[Glob, ...]
     sources: tuple[str, ...] | None = None
     filter: str | None = None
     secret: SecretStr | None = None
@@ -230,6 +230,13 @@ class SubscriptionConfig(_Model):
     timeout: Duration = 15.0
     max_in_flight: int = Field(default=10, ge=1, le=1000)
     retry: RetryConfig = RetryConfig()
+
+    @field_validator("types")
+    @classmethod
+    def _some_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one type glob, e.g. ['sequence.job.*'] or ['*']")
+        return value
 
     @field_validator("secret")
     @classmethod
@@ -248,8 +255,10 @@ class SubscriptionConfig(_Model):
             try:
                 jmespath.compile(value)
             except jmespath.exceptions.JMESPathError as exc:
-                detail = str(exc).splitlines()[0]
-                raise ValueError(f"not a valid JMESPath expression: {detail}") from None
+                first = str(exc).splitlines()[0].removeprefix("Invalid jmespath expression: ").rstrip(":")
+                where = getattr(exc, "lex_position", None)
+                at = f" at column {where}" if where is not None else ""
+                raise ValueError(f"not a valid JMESPath expression{at}: {first}") from None
         return value
 
     @field_validator("headers")
@@ -294,12 +303,17 @@ SECRET_KEYS = frozenset(
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[str], label: str) -> Any:
+def _expand(
+    node: Any, path: str, env: Mapping[str, str], errors: list[str], unset: set[str], label: str
+) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string; $$ is a literal $."""
     if isinstance(node, dict):
-        return {k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, label) for k, v in node.items()}
+        return {
+            k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, unset, label)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_expand(v, f"{path}[{i}]", env, errors, label) for i, v in enumerate(node)]
+        return [_expand(v, f"{path}[{i}]", env, errors, unset, label) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -311,6 +325,7 @@ def _expand(node: Any, path: str, env: Mapping[str, str], errors: list[str], lab
             return env[name]
         if default is not None:
             return default
+        unset.add(path)
         errors.append(
             f"{label}: {path}: environment variable {name} is not set "
             f"(set it, or write ${{{name}:-default}})"
@@ -334,7 +349,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _describe(error: Any, model_fields: dict[str, set[str]]) -> str:
+def _describe(error: Any) -> str:
     kind = error["type"]
     msg = str(error["msg"])
     loc = error["loc"]
@@ -355,6 +370,24 @@ def _describe(error: Any, model_fields: dict[str, set[str]]) -> str:
     return f"{msg[0].lower()}{msg[1:]}{shown}"
 
 
+def _unknown_sources(document: dict[str, Any], label: str) -> list[str]:
+    """Subscriptions naming sources that do not exist (checked even when other keys are bad)."""
+    sources, subscriptions = document.get("sources"), document.get("subscriptions")
+    if not isinstance(sources, dict) or not isinstance(subscriptions, dict):
+        return []
+    known = ", ".join(sorted(map(str, sources))) or "none"
+    errors = []
+    for name, sub in subscriptions.items():
+        wanted = sub.get("sources") if isinstance(sub, dict) else None
+        for i, source in enumerate(wanted if isinstance(wanted, list) else []):
+            if source not in sources:
+                errors.append(
+                    f"{label}: subscriptions.{name}.sources[{i}]: unknown source {source!r} "
+                    f"(configured sources: {known})"
+                )
+    return errors
+
+
 def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) -> Config:
     """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
     errors: list[str] = []
@@ -362,7 +395,8 @@ def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) 
         raise ConfigError(
             [f"{label}: (top level): expected a mapping with 'sources' and 'subscriptions'"]
         )
-    expanded = _expand(raw, "", os.environ if env is None else env, errors, label)
+    unset: set[str] = set()
+    expanded = _expand(raw, "", os.environ if env is None else env, errors, unset, label)
     for section in ("sources", "subscriptions"):
         names = expanded.get(section)
         if isinstance(names, dict):
@@ -377,16 +411,10 @@ def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) 
         config = Config.model_validate(expanded)
     except ValidationError as exc:
         for error in exc.errors():
-            errors.append(f"{label}: {_key_path(error['loc'])}: {_describe(error, {})}")
-    if config is not None:
-        for name, sub in config.subscriptions.items():
-            for i, source in enumerate(sub.sources or ()):
-                if source not in config.sources:
-                    known = ", ".join(sorted(config.sources)) or "none"
-                    errors.append(
-                        f"{label}: subscriptions.{name}.sources[{i}]: unknown source "
-                        f"{source!r} (configured sources: {known})"
-                    )
+            path = _key_path(error["loc"])
+            if path not in unset:  # already reported as the missing variable
+                errors.append(f"{label}: {path}: {_describe(error)}")
+    errors.extend(_unknown_sources(expanded, label))
     if errors:
         raise ConfigError(errors)
     assert config is not None

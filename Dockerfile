@@ -1,0 +1,24 @@
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin feedhook \
+    && mkdir -p /data /etc/feedhook \
+    && chown feedhook /data
+
+ENV FEEDHOOK_DB=/data/feedhook.db \
+    FEEDHOOK_CONFIG=/etc/feedhook/hooks.yaml \
+    FEEDHOOK_ADMIN_HOST=0.0.0.0 \
+    FEEDHOOK_LOG_FORMAT=json
+
+VOLUME ["/data"]
+USER 10001
+ENTRYPOINT ["feedhook"]
+CMD ["run"]

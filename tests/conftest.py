@@ -1,0 +1,151 @@
+"""Shared test helpers: simulated feeds, a receiver, a running worker, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from feedhook.app import Worker
+from feedhook.config import parse_config
+from feedhook.sim import Receiver, SimFeed
+from feedhook.store import SqliteStore
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "whsec_" + base64.b64encode(b"feedhook-test-secret-32-bytes!!!").decode()
+
+
+@pytest.fixture
+async def sequence_feed() -> AsyncIterator[SimFeed]:
+    feed = SimFeed("sequence")
+    await feed.start()
+    yield feed
+    await feed.stop()
+
+
+@pytest.fixture
+async def movida_feed() -> AsyncIterator[SimFeed]:
+    feed = SimFeed("movida")
+    await feed.start()
+    yield feed
+    await feed.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rx = Receiver()
+    await rx.start()
+    yield rx
+    await rx.stop()
+
+
+def source(feed: SimFeed, **overrides: Any) -> dict[str, Any]:
+    """A source block pointing at a simulated feed, tuned for fast tests."""
+    return {
+        "kind": feed.system,
+        "url": feed.api_url,
+        "username": "robot_user",
+        "password": "secret",
+        "poll_interval": "100ms",
+        "start": "earliest",
+        "rate_limit": "1000/1s",
+        "max_backoff": "200ms",
+        "timeout": "2s",
+        **overrides,
+    }
+
+
+def subscription(receiver: Receiver, name: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "url": receiver.url(name),
+        "secret": SECRET,
+        "types": ["*"],
+        "timeout": "2s",
+        "retry": {"schedule": ["100ms", "100ms", "100ms"]},
+        **overrides,
+    }
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    timeout: float = 15.0,
+    what: str = "condition",
+) -> None:
+    """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(raw: dict[str, Any], db: Path, grace: float = 2.0) -> AsyncIterator[Worker]:
+    """A real worker over a real store, stopped gracefully at the end."""
+    config = parse_config(raw, "test.yaml", env={})
+    async with SqliteStore(db) as store:
+        worker = Worker(config, store, grace=grace)
+        task = asyncio.create_task(worker.run())
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+
+
+# --- the real CLI --------------------------------------------------------------------
+
+
+class Cli:
+    """Runs `python -m feedhook` in a subprocess with its own config and database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.config = tmp_path / "hooks.yaml"
+        self.db = tmp_path / "feedhook.db"
+        self.env = {
+            **os.environ,
+            "FEEDHOOK_DB": str(self.db),
+            "FEEDHOOK_CONFIG": str(self.config),
+            "FEEDHOOK_LOG_FORMAT": "json",
+        }
+
+    def write_config(self, raw: dict[str, Any]) -> Path:
+        self.config.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return self.config
+
+    async def run(self, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+        proc = await self.start(*args)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async def start(self, *args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "feedhook",
+            *args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)

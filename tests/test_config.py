@@ -1,0 +1,191 @@
+"""Config loading: every error names the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from feedhook.cli import main
+from feedhook.config import ConfigError, load_config, parse_config, parse_duration
+
+GOOD = """
+sources:
+  sequence-prod:
+    kind: sequence
+    url: https://sequence.example.com/api
+    username: robot_user
+    password: ${SEQ_PASSWORD}
+  movida-prod:
+    kind: movida
+    url: https://movida.example.com/api
+    username: api_user
+    password: ${MOVIDA_PASSWORD:-fallback}
+    poll_interval: 30s
+subscriptions:
+  ops-jobs:
+    url: https://ops.example.com/hooks
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    types: ["sequence.job.*", "movida.title.*"]
+    sources: [sequence-prod]
+    filter: "contains(data.changes, 'status')"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hooks.yaml"
+    path.write_text(text)
+    return path
+
+
+def errors_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env or {"SEQ_PASSWORD": "x"})
+    return info.value.errors
+
+
+def test_good_config_loads_with_env_and_defaults(tmp_path: Path) -> None:
+    """${VAR} and ${VAR:-default} expand; defaults fill the rest; models are frozen."""
+    config = load_config(write(tmp_path, GOOD), env={"SEQ_PASSWORD": "s3cret"})
+    seq = config.sources["sequence-prod"]
+    assert seq.password.get_secret_value() == "s3cret"
+    assert config.sources["movida-prod"].password.get_secret_value() == "fallback"
+    assert seq.format == "json" and seq.poll_interval == 10.0 and seq.start == "latest"
+    assert str(seq.rate_limit) == "150/30s"
+    assert config.sources["movida-prod"].poll_interval == 30.0
+    sub = config.subscriptions["ops-jobs"]
+    assert sub.retry.schedule[0] == 5.0 and len(sub.retry.schedule) == 9
+    with pytest.raises(Exception, match="frozen"):
+        sub.url = "https://elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("3d", 259200.0),
+        ("1.5s", 1.5),
+        (7, 7.0),
+    ],
+)
+def test_durations(text: object, expected: float) -> None:
+    """The documented duration forms."""
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1s", "0s", "10 parsecs", True])
+def test_bad_durations(bad: object) -> None:
+    """Anything else is refused with a hint."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "path", "message"),
+    [
+        (("url: https://ops.example.com/hooks", "url: ftp://x"), "subscriptions.ops-jobs.url",
+         "not an http(s) URL: 'ftp://x'"),
+        (("    poll_interval: 30s", "    poll_intervall: 30s"),
+         "sources.movida-prod.poll_intervall", "unknown key"),
+        (("password: ${SEQ_PASSWORD}", "password: ${NOT_SET_ANYWHERE}"),
+         "sources.sequence-prod.password", "environment variable NOT_SET_ANYWHERE is not set"),
+        (('"sequence.job.*", ', '"sequence.[job", '), "subscriptions.ops-jobs.types[0]",
+         "not a type glob"),
+        (("contains(data.changes, 'status')", "contains(data.changes"),
+         "subscriptions.ops-jobs.filter", "not a valid JMESPath expression"),
+        (("sources: [sequence-prod]", "sources: [sequense-prod]"),
+         "subscriptions.ops-jobs.sources[0]", "unknown source 'sequense-prod'"),
+        (("kind: movida", "kind: movie"), "sources.movida-prod", "unknown kind 'movie'"),
+        (("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain-secret"),
+         "subscriptions.ops-jobs.secret", "whsec_"),
+        (("    poll_interval: 30s", "    poll_interval: soon"),
+         "sources.movida-prod.poll_interval", "expected a duration"),
+    ],
+)
+def test_each_error_names_file_and_key_path(
+    tmp_path: Path, edit: tuple[str, str], path: str, message: str
+) -> None:
+    """Each kind of mistake is reported as `file: key.path: what was expected`."""
+    assert edit[0] in GOOD
+    errors = errors_of(tmp_path, GOOD.replace(edit[0], edit[1]))
+    assert any(e.startswith(f"{tmp_path / 'hooks.yaml'}: {path}: ") and message in e
+               for e in errors), errors
+
+
+def test_every_error_is_listed_at_once(tmp_path: Path) -> None:
+    """Several mistakes in one file are all reported, not just the first."""
+    text = GOOD.replace("url: https://ops.example.com/hooks", "url: nope").replace(
+        "poll_interval: 30s", "poll_interval: later"
+    ).replace("sources: [sequence-prod]", "sources: [ghost]")
+    errors = errors_of(tmp_path, text)
+    assert len(errors) == 3, errors
+
+
+def test_bad_yaml_names_line_and_column(tmp_path: Path) -> None:
+    """A YAML syntax error points at where it is."""
+    errors = errors_of(tmp_path, "sources:\n  a: [\n")
+    assert len(errors) == 1 and ":3:1: invalid YAML" in errors[0]
+
+
+def test_secret_values_never_echoed(tmp_path: Path) -> None:
+    """A wrong secret is described, never printed back."""
+    text = GOOD.replace("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "hunter2-sentinel")
+    assert not any("hunter2-sentinel" in e for e in errors_of(tmp_path, text))
+
+
+def test_credentials_in_urls_are_masked() -> None:
+    """user:password@ inside a URL never reaches an error message."""
+    raw = {"sources": {"s": {"kind": "sequence", "url": "ftp://u:pw-sentinel@h/api",
+                             "username": "u", "password": "p"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "x.yaml", env={})
+    assert "pw-sentinel" not in str(info.value)
+    assert "***@h" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("sources: [1, 2]\n", "sources"),
+        ("just a string\n", "(top level)"),
+        ("sources:\n  s:\n    url: https://x/api\n", "sources.s"),
+    ],
+)
+def test_wrong_shapes(tmp_path: Path, text: str, path: str) -> None:
+    """A document of the wrong shape still gets a key path, not a traceback."""
+    errors = errors_of(tmp_path, text)
+    assert any(f": {path}" in e for e in errors), errors
+
+
+def test_check_command_summarizes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`feedhook check` prints each source and what each subscription receives, exit 0."""
+    monkeypatch.setenv("SEQ_PASSWORD", "s3cret-sentinel")
+    assert main(["check", "-c", str(write(tmp_path, GOOD))]) == 0
+    out = capsys.readouterr().out
+    assert "sequence-prod: sequence at https://sequence.example.com/api" in out
+    assert "ops-jobs -> https://ops.example.com/hooks" in out
+    assert "types:   sequence.job.*, movida.title.*" in out
+    assert "sources: sequence-prod" in out
+    assert "filter:  contains(data.changes, 'status')" in out
+    assert "s3cret-sentinel" not in out
+
+
+def test_check_command_exits_2_listing_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad file: exit 2, one line per error on stderr."""
+    path = write(tmp_path, GOOD.replace("https://ops.example.com/hooks", "ftp://x"))
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: subscriptions.ops-jobs.url: not an http(s) URL: 'ftp://x'" in err
+    assert f"{path}: sources.sequence-prod.password: environment variable SEQ_PASSWORD" in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config that is not there says how to point at one."""
+    assert main(["check", "-c", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found (pass -c FILE or set FEEDHOOK_CONFIG)" in capsys.readouterr().err

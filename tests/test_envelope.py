@@ -1,0 +1,93 @@
+"""The vendor pages' own example events become the envelopes DESIGN.md promises."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import FIXTURES
+
+from feedhook.sources.bebanjo import normalize, parse_json_feed, parse_xml_feed
+
+SEQ = "https://sequence.bebanjo.net/api"
+
+
+def envelopes(raw_events: list, system: str, name: str, api: str) -> list[dict]:
+    return [normalize(name, system, api, e).to_dict() for e in raw_events]
+
+
+def test_sequence_json_example() -> None:
+    """Sequence JSON: UTC time, changes as a list, links, and the native entry kept."""
+    body = (FIXTURES / "sequence-events.json").read_bytes()
+    out = envelopes(parse_json_feed(body, "seed"), "sequence", "sequence-prod", SEQ)
+    assert [e["id"] for e in out] == [
+        "sequence-prod:40393",
+        "sequence-prod:40397",
+        "sequence-prod:40401",
+    ]
+    assert out[1] == {
+        "specversion": "1.0",
+        "id": "sequence-prod:40397",
+        "source": SEQ,
+        "type": "sequence.asset.updated",
+        "subject": f"{SEQ}/work_areas/85/jobs/97185/assets/467237",
+        "time": "2014-07-27T18:04:10Z",
+        "datacontenttype": "application/json",
+        "feedhooksource": "sequence-prod",
+        "data": {
+            "system": "sequence",
+            "resource_type": "asset",
+            "operation": "updated",
+            "event_id": "40397",
+            "changes": ["status", "name"],
+            "links": {
+                "self": f"{SEQ}/events/40397",
+                "subject": f"{SEQ}/work_areas/85/jobs/97185/assets/467237",
+            },
+            "native": json.loads(body)["entries"][1],
+        },
+    }
+    assert out[0]["type"] == "sequence.job.created" and out[0]["data"]["changes"] == []
+    assert out[2]["type"] == "sequence.task.deleted"
+    assert out[2]["time"] == "2012-12-04T14:46:55Z"
+
+
+def test_sequence_xml_example() -> None:
+    """Sequence XML: the same envelope shape; native mirrors the XML element."""
+    body = (FIXTURES / "sequence-events.xml").read_bytes()
+    out = envelopes(parse_xml_feed(body, "seed"), "sequence", "sequence-prod", SEQ)
+    assert [e["type"] for e in out] == [
+        "sequence.job.created",
+        "sequence.asset.updated",
+        "sequence.task.deleted",
+    ]
+    second = out[1]
+    assert second["time"] == "2012-12-03T09:35:39Z"
+    assert second["data"]["changes"] == ["status", "name"]
+    assert second["subject"] == f"{SEQ}/work_areas/85/jobs/97185/assets/467237"
+    assert second["data"]["native"]["id"] == 40397
+    assert second["data"]["native"]["event-type"] == "asset_updated"
+    assert {"rel": "self", "href": f"{SEQ}/events/40397"} in second["data"]["native"]["link"]
+
+
+def test_movida_xml_example() -> None:
+    """Movida: the operation is the last `_` word, so title_metadata stays one resource."""
+    api = "https://movida.bebanjo.net/api"
+    body = (FIXTURES / "movida-events.xml").read_bytes()
+    out = envelopes(parse_xml_feed(body, "seed"), "movida", "movida-prod", api)
+    assert [(e["id"], e["type"]) for e in out] == [
+        ("movida-prod:10", "movida.title.updated"),
+        ("movida-prod:12", "movida.title_metadata.updated"),
+    ]
+    assert out[0]["time"] == "2013-08-14T15:09:35Z"
+    assert out[1]["data"]["resource_type"] == "title_metadata"
+    assert out[1]["data"]["changes"] == ["actor", "director", "first-tx-starts"]
+    assert out[1]["subject"] == f"{api}/titles/59977"
+
+
+def test_body_is_the_canonical_json_of_the_envelope() -> None:
+    """What is stored, signed and sent is exactly the envelope's compact JSON."""
+    body = (FIXTURES / "sequence-events.json").read_bytes()
+    raw = parse_json_feed(body, "seed")[0]
+    envelope = normalize("s", "sequence", SEQ, raw)
+    assert json.loads(envelope.body) == envelope.to_dict()
+    assert b" " not in envelope.body.replace(b"Z", b"")[:60]
