@@ -163,7 +163,11 @@ class SimFeed:
 
     def inject(self, fault: Fault | str, times: int = 1) -> None:
         """The next `times` feed responses fail this way."""
-        self._faults.extend([Fault(fault)] * times)
+        fault = Fault(fault)
+        # A rejected Digest answer is retried once with a fresh challenge by the client:
+        # refusing credentials for one fetch takes two responses.
+        per_fetch = 2 if fault is Fault.UNAUTHORIZED else 1
+        self._faults.extend([fault] * times * per_fetch)
 
     @property
     def pending_faults(self) -> int:

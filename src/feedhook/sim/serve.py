@@ -15,7 +15,9 @@ class LoopbackServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> str:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024)
         await site.start()

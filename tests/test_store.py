@@ -1,0 +1,138 @@
+"""The SQLite outbox: one transaction per page, claims, batched outcomes, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from feedhook.envelope import make_envelope
+from feedhook.store import IngestItem, Outcome, SqliteStore
+from feedhook.store.sqlite import SCHEMA_VERSION, StoreError
+
+
+def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
+    envelope = make_envelope(
+        source_name="seq", upstream_id=str(n), source="https://x/api",
+        type="sequence.job.created", time=datetime.now(UTC), data={"n": n},
+    )
+    return IngestItem(str(n), envelope, subs)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    async with SqliteStore(tmp_path / "t.db") as s:
+        yield s
+
+
+async def test_ingest_is_idempotent_per_upstream_id(store: SqliteStore) -> None:
+    """Re-reading a page never creates a second event or a second delivery."""
+    assert await store.ingest("seq", [item(1, ("a", "b")), item(2)], "2") == 2
+    assert await store.ingest("seq", [item(2), item(3)], "3") == 1
+    assert await store.get_cursor("seq") == "3"
+    status = await store.status()
+    assert status.subscriptions["a"].pending == 3
+    assert status.subscriptions["b"].pending == 1
+
+
+async def test_ingest_is_one_transaction(store: SqliteStore) -> None:
+    """A failure mid-page leaves neither the events nor the cursor behind."""
+    await store.ingest("seq", [item(1)], "1")
+    with pytest.raises(KeyError):
+        # an item whose subscription list blows up while the rows are written
+        class Boom(tuple):  # type: ignore[type-arg]
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                raise KeyError("boom")
+
+        await store.ingest("seq", [item(2, Boom(("a",)))], "2")
+    assert await store.get_cursor("seq") == "1"
+    assert (await store.status()).subscriptions["a"].pending == 1
+    assert await store.ingest("seq", [item(2)], "2") == 1  # the connection is still usable
+
+
+async def test_claim_complete_and_recover(store: SqliteStore) -> None:
+    """Claimed rows are in flight; outcomes are applied in one batch; a restart re-queues."""
+    await store.ingest("seq", [item(n) for n in range(1, 6)], "5")
+    claimed = await store.claim_due("a", now=1e12, limit=3)
+    assert [d.envelope_id for d in claimed] == ["seq:1", "seq:2", "seq:3"]
+    assert len(await store.claim_due("a", now=1e12, limit=10)) == 2
+    assert await store.claim_due("a", now=1e12, limit=10) == []
+    await store.complete([
+        Outcome(claimed[0].id, "delivered", 1, at=1.0, status_code=200),
+        Outcome(claimed[1].id, "retry", 1, at=1.0, next_attempt_at=2e12, status_code=500,
+                reason="HTTP 500"),
+        Outcome(claimed[2].id, "dead", 1, at=1.0, status_code=400, reason="permanent failure",
+                response_body="bad request"),
+    ])
+    counts = (await store.status()).subscriptions["a"]
+    assert (counts.delivered, counts.dead, counts.in_flight, counts.pending) == (1, 1, 2, 1)
+    assert await store.recover_in_flight() == 2
+    assert await store.next_due_at() is not None
+    dead = await store.list_dead()
+    assert [(d.envelope_id, d.status_code, d.reason, d.response_body) for d in dead] == [
+        ("seq:3", 400, "permanent failure", "bad request")
+    ]
+
+
+async def test_dead_letter_replay_and_purge(store: SqliteStore) -> None:
+    """Replay puts the delivery back with a fresh budget; purge forgets it."""
+    await store.ingest("seq", [item(1), item(2), item(3, ("b",))], "3")
+    deliveries = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
+    await store.complete([Outcome(d.id, "dead", 3, at=1.0, reason="x") for d in deliveries])
+    letters = await store.list_dead()
+    assert len(letters) == 3
+    shown = await store.get_dead(letters[0].id)
+    assert shown is not None and shown.body is not None and b'"seq:1"' in shown.body
+    assert await store.replay_dead([letters[0].id], None, now=5.0) == 1
+    assert await store.replay_dead(None, "b", now=5.0) == 1
+    again = await store.claim_due("a", 1e12, 10)
+    assert [(d.envelope_id, d.attempts) for d in again] == [("seq:1", 0)]
+    assert await store.purge_dead(None, None) == 1
+    assert await store.list_dead() == []
+
+
+async def test_dead_letters_page(store: SqliteStore) -> None:
+    """list_dead pages by id and filters by subscription."""
+    await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 5)], "4")
+    claimed = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
+    await store.complete([Outcome(d.id, "dead", 1, at=1.0, reason="x") for d in claimed])
+    first = await store.list_dead(limit=3)
+    rest = await store.list_dead(after=first[-1].id)
+    assert len(first) == 3 and len(rest) == 5
+    assert {d.subscription for d in await store.list_dead("b")} == {"b"}
+
+
+async def test_concurrent_transactions_do_not_interleave(store: SqliteStore) -> None:
+    """Ingest and completions from different tasks share one connection safely."""
+    await store.ingest("seq", [item(n) for n in range(1, 201)], "200")
+
+    async def ingest_more() -> None:
+        for page in range(10):
+            base = 1000 + page * 50
+            await store.ingest("seq", [item(base + n) for n in range(50)], str(base + 49))
+
+    async def deliver() -> None:
+        for _ in range(20):
+            claimed = await store.claim_due("a", 1e12, 10)
+            await store.complete([Outcome(d.id, "delivered", 1, at=1.0) for d in claimed])
+
+    await asyncio.gather(ingest_more(), deliver())
+    counts = (await store.status()).subscriptions["a"]
+    assert counts.delivered + counts.pending == 700
+
+
+async def test_schema_version_and_newer_database(tmp_path: Path) -> None:
+    """The schema is versioned; a database from a newer feedhook is refused clearly."""
+    path = tmp_path / "v.db"
+    async with SqliteStore(path):
+        pass
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this feedhook understands"):
+        async with SqliteStore(path):
+            pass
