@@ -1,0 +1,214 @@
+"""The real CLI in subprocesses: crash safety, graceful stop, status, dead letters, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import Cli, eventually, source, subscription
+
+from feedhook.sim import Receiver, SimFeed
+
+
+def base_config(feed: SimFeed, receiver: Receiver, **subs: dict) -> dict:  # type: ignore[type-arg]
+    return {
+        "sources": {"seq": source(feed)},
+        "subscriptions": {
+            name: subscription(receiver, name, **spec) for name, spec in subs.items()
+        },
+    }
+
+
+async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_kill_9_mid_flight_then_restart_loses_nothing(
+    cli: Cli, sequence_feed: SimFeed, movida_feed: SimFeed, receiver: Receiver
+) -> None:
+    """kill -9 in the middle of 2,200 events with deliveries in flight, then a restart:
+    every (event, subscription) pair arrives; duplicates only for those in flight."""
+    sequence_feed.add_events(1200)
+    movida_feed.add_events(1000)
+    receiver.answer("all", 200, delay=0.01)
+    receiver.answer("jobs", 200, delay=0.01)
+    cli.write_config({
+        "sources": {"seq": source(sequence_feed), "mov": source(movida_feed)},
+        "subscriptions": {
+            "all": subscription(receiver, "all", max_in_flight=20),
+            "jobs": subscription(receiver, "jobs", types=["sequence.job.*"], max_in_flight=5),
+        },
+    })
+    expected = {(f"seq:{e.id}", "all") for e in sequence_feed.events}
+    expected |= {(f"mov:{e.id}", "all") for e in movida_feed.events}
+    expected |= {(f"seq:{e.id}", "jobs") for e in sequence_feed.events
+                 if e.event_type.startswith("job_")}
+    assert len(expected) > 2500
+
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok()) >= 600, timeout=30, what="600 deliveries")
+    proc.kill()  # SIGKILL: no cleanup at all
+    await proc.wait()
+    with sqlite3.connect(cli.db) as db:
+        in_flight = set(db.execute(
+            "SELECT e.envelope_id, d.subscription FROM deliveries d JOIN events e"
+            " ON e.id = d.event_id WHERE d.state = 'in_flight'"
+        ).fetchall())
+    assert in_flight, "the kill should have caught deliveries in flight"
+    received_before = len(receiver.received)
+    assert received_before < len(expected)
+
+    proc = await cli.start("run")
+    got = lambda: Counter((r.webhook_id, r.path) for r in receiver.ok())  # noqa: E731
+    await eventually(lambda: set(got()) >= expected, timeout=60, what="every pair")
+    code, err = await stop(proc)
+    assert code == 0, err
+    counts = got()
+    assert set(counts) == expected
+    duplicates = {pair for pair, n in counts.items() if n > 1}
+    assert duplicates <= in_flight, duplicates - in_flight
+    assert "were in flight at the last stop; sending them again" in err
+
+
+async def test_sigterm_lets_in_flight_finish_and_exits_0(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """SIGTERM stops polling, lets in-flight deliveries finish, exits 0; nothing is lost."""
+    sequence_feed.add_events(300)
+    receiver.answer("all", 200, delay=0.3)
+    cli.write_config(base_config(sequence_feed, receiver, all={"max_in_flight": 10}))
+    proc = await cli.start("run", "--grace", "5s")
+    await eventually(lambda: len(receiver.received) >= 20, what="deliveries under way")
+    started = time.monotonic()
+    code, err = await stop(proc)
+    assert code == 0, err
+    assert time.monotonic() - started < 5
+    with sqlite3.connect(cli.db) as db:
+        states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
+    assert states.get("in_flight", 0) == 0  # every started attempt finished and was recorded
+    assert states["delivered"] == len(receiver.ok())
+    receiver.answer("all", 200)
+    proc = await cli.start("run")
+    await eventually(lambda: len({r.webhook_id for r in receiver.ok()}) == 300, what="the rest")
+    code, _ = await stop(proc, signal.SIGINT)
+    assert code == 0
+
+
+async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """400 -> dead letter; list, show; fix the receiver; replay reaches it within seconds."""
+    sequence_feed.add_events(3)
+    receiver.answer("strict", 400)
+    cli.write_config(base_config(sequence_feed, receiver, strict={}, ok={}))
+    proc = await cli.start("run")
+    try:
+        async def dead_count() -> int:
+            code, out, _ = await cli.run("dlq", "list", "--json")
+            return len(json.loads(out)) if code == 0 and out.strip() else 0
+
+        async def three_dead() -> bool:
+            return await dead_count() == 3
+
+        await eventually(three_dead, what="three dead letters")
+        code, out, _ = await cli.run("dlq", "list")
+        assert code == 0 and "permanent failure: HTTP 400" in out and "seq:1" in out
+        letters = json.loads((await cli.run("dlq", "list", "--json", "-s", "strict"))[1])
+        assert {d["status_code"] for d in letters} == {400}
+        assert letters[0]["response_body"] == "receiver says no (400)"
+        code, out, _ = await cli.run("dlq", "show", str(letters[0]["id"]))
+        shown = json.loads(out)
+        assert shown["event"]["id"] == letters[0]["envelope_id"]
+
+        receiver.answer("strict", 200)  # the receiver is fixed
+        code, out, _ = await cli.run("dlq", "replay", str(letters[0]["id"]))
+        assert code == 0 and "replayed 1" in out
+        replayed_at = time.monotonic()
+        await eventually(lambda: len(receiver.ok("strict")) == 1, timeout=5, what="replay")
+        assert time.monotonic() - replayed_at < 3
+        code, out, _ = await cli.run("dlq", "replay", "--all", "-s", "strict")
+        assert "replayed 2" in out
+        await eventually(lambda: len(receiver.ok("strict")) == 3, timeout=5, what="bulk replay")
+
+        code, out, _ = await cli.run("status")
+        assert code == 0
+        assert "cursor:     3" in out
+        line = next(x for x in out.splitlines() if x.strip().startswith("strict"))
+        assert line.split()[1:4] == ["0", "3", "0"]
+        status = json.loads((await cli.run("status", "--json"))[1])
+        assert status["subscriptions"]["ok"] == {
+            "configured": True, "pending": 0, "delivered": 3, "dead": 0
+        }
+    finally:
+        code, _ = await stop(proc)
+    assert code == 0
+
+
+async def test_dlq_purge_and_bad_usage(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """purge deletes; missing ids and missing arguments are usage errors."""
+    sequence_feed.add_events(2)
+    receiver.answer("strict", 422)
+    cli.write_config(base_config(sequence_feed, receiver, strict={}))
+    proc = await cli.start("run")
+    try:
+        async def two_dead() -> bool:
+            code, out, _ = await cli.run("dlq", "list", "--json")
+            return code == 0 and len(json.loads(out)) == 2
+
+        await eventually(two_dead, what="dead letters")
+    finally:
+        await stop(proc)
+    code, _, err = await cli.run("dlq", "replay")
+    assert code == 2 and "name dead letter IDs, or --all" in err
+    code, out, err = await cli.run("dlq", "purge", "1", "999")
+    assert code == 1 and "purged 1" in out and "not found" in err
+    code, out, _ = await cli.run("dlq", "purge", "--all")
+    assert code == 0 and "purged 1" in out
+    code, _, err = await cli.run("dlq", "show", "1")
+    assert code == 1 and "no dead letter 1" in err
+
+
+async def test_run_refuses_bad_config(cli: Cli) -> None:
+    """`run` with a bad config exits 2 listing the errors, and starts nothing."""
+    cli.config.write_text("sources:\n  s:\n    kind: sequence\n    url: ftp://x\n")
+    code, _, err = await cli.run("run")
+    assert code == 2
+    assert f"{cli.config}: sources.s.url: not an http(s) URL: 'ftp://x'" in err
+    assert f"{cli.config}: sources.s.username: required key is missing" in err
+    assert not cli.db.exists()
+
+
+async def test_status_without_database(cli: Cli) -> None:
+    """Reading commands say where they looked for the database."""
+    code, _, err = await cli.run("status")
+    assert code == 2 and "no database at" in err and "FEEDHOOK_DB" in err
+
+
+async def test_send_test(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """send-test posts one signed test event and reports the answer."""
+    cli.write_config(base_config(sequence_feed, receiver, hook={}))
+    code, out, _ = await cli.run("send-test", "hook")
+    assert code == 0 and "answered HTTP 200" in out
+    assert json.loads(receiver.received[0].body)["type"] == "feedhook.test.sent"
+    receiver.answer("hook", 500)
+    code, out, _ = await cli.run("send-test", "hook")
+    assert code == 1 and "HTTP 500" in out
+    code, _, err = await cli.run("send-test", "nope")
+    assert code == 2 and "no subscription 'nope'" in err
+
+
+@pytest.mark.parametrize("args", [["demo", "--events", "30", "--duration", "1s"]])
+async def test_demo(cli: Cli, args: list[str]) -> None:
+    """The quick-start demo delivers every matching event and says so."""
+    code, out, err = await cli.run(*args, timeout=60)
+    assert code == 0, err
+    assert "all queues drained: True" in out
+    assert "BAD SIGNATURE" not in out
+    assert "signed ok" in out
