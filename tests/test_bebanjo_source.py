@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import source
 
 from feedhook.config import parse_config
 from feedhook.sim import Fault, SimFeed
 from feedhook.sources import BebanjoSource, FeedError
+
+from conftest import source
 
 
 async def opened(feed: SimFeed, **overrides: object) -> BebanjoSource:

@@ -8,12 +8,12 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from conftest import Cli, eventually, source, subscription
 
 from feedhook.sim import Receiver, SimFeed
+
+from conftest import Cli, eventually, source, subscription
 
 
 def base_config(feed: SimFeed, receiver: Receiver, **subs: dict) -> dict:  # type: ignore[type-arg]
@@ -41,17 +41,20 @@ async def test_kill_9_mid_flight_then_restart_loses_nothing(
     movida_feed.add_events(1000)
     receiver.answer("all", 200, delay=0.01)
     receiver.answer("jobs", 200, delay=0.01)
-    cli.write_config({
-        "sources": {"seq": source(sequence_feed), "mov": source(movida_feed)},
-        "subscriptions": {
-            "all": subscription(receiver, "all", max_in_flight=20),
-            "jobs": subscription(receiver, "jobs", types=["sequence.job.*"], max_in_flight=5),
-        },
-    })
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed), "mov": source(movida_feed)},
+            "subscriptions": {
+                "all": subscription(receiver, "all", max_in_flight=20),
+                "jobs": subscription(receiver, "jobs", types=["sequence.job.*"], max_in_flight=5),
+            },
+        }
+    )
     expected = {(f"seq:{e.id}", "all") for e in sequence_feed.events}
     expected |= {(f"mov:{e.id}", "all") for e in movida_feed.events}
-    expected |= {(f"seq:{e.id}", "jobs") for e in sequence_feed.events
-                 if e.event_type.startswith("job_")}
+    expected |= {
+        (f"seq:{e.id}", "jobs") for e in sequence_feed.events if e.event_type.startswith("job_")
+    }
     assert len(expected) > 2500
 
     proc = await cli.start("run")
@@ -59,10 +62,12 @@ async def test_kill_9_mid_flight_then_restart_loses_nothing(
     proc.kill()  # SIGKILL: no cleanup at all
     await proc.wait()
     with sqlite3.connect(cli.db) as db:
-        in_flight = set(db.execute(
-            "SELECT e.envelope_id, d.subscription FROM deliveries d JOIN events e"
-            " ON e.id = d.event_id WHERE d.state = 'in_flight'"
-        ).fetchall())
+        in_flight = set(
+            db.execute(
+                "SELECT e.envelope_id, d.subscription FROM deliveries d JOIN events e"
+                " ON e.id = d.event_id WHERE d.state = 'in_flight'"
+            ).fetchall()
+        )
     assert in_flight, "the kill should have caught deliveries in flight"
     received_before = len(receiver.received)
     assert received_before < len(expected)
@@ -110,6 +115,7 @@ async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: 
     cli.write_config(base_config(sequence_feed, receiver, strict={}, ok={}))
     proc = await cli.start("run")
     try:
+
         async def dead_count() -> int:
             code, out, _ = await cli.run("dlq", "list", "--json")
             return len(json.loads(out)) if code == 0 and out.strip() else 0
@@ -144,20 +150,26 @@ async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: 
         assert line.split()[1:4] == ["0", "3", "0"]
         status = json.loads((await cli.run("status", "--json"))[1])
         assert status["subscriptions"]["ok"] == {
-            "configured": True, "pending": 0, "delivered": 3, "dead": 0
+            "configured": True,
+            "pending": 0,
+            "delivered": 3,
+            "dead": 0,
         }
     finally:
         code, _ = await stop(proc)
     assert code == 0
 
 
-async def test_dlq_purge_and_bad_usage(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+async def test_dlq_purge_and_bad_usage(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
     """purge deletes; missing ids and missing arguments are usage errors."""
     sequence_feed.add_events(2)
     receiver.answer("strict", 422)
     cli.write_config(base_config(sequence_feed, receiver, strict={}))
     proc = await cli.start("run")
     try:
+
         async def two_dead() -> bool:
             code, out, _ = await cli.run("dlq", "list", "--json")
             return code == 0 and len(json.loads(out)) == 2

@@ -86,23 +86,47 @@ def test_bad_durations(bad: object) -> None:
 @pytest.mark.parametrize(
     ("edit", "path", "message"),
     [
-        (("url: https://ops.example.com/hooks", "url: ftp://x"), "subscriptions.ops-jobs.url",
-         "not an http(s) URL: 'ftp://x'"),
-        (("    poll_interval: 30s", "    poll_intervall: 30s"),
-         "sources.movida-prod.poll_intervall", "unknown key"),
-        (("password: ${SEQ_PASSWORD}", "password: ${NOT_SET_ANYWHERE}"),
-         "sources.sequence-prod.password", "environment variable NOT_SET_ANYWHERE is not set"),
-        (('"sequence.job.*", ', '"sequence.[job", '), "subscriptions.ops-jobs.types[0]",
-         "not a type glob"),
-        (("contains(data.changes, 'status')", "contains(data.changes"),
-         "subscriptions.ops-jobs.filter", "not a valid JMESPath expression"),
-        (("sources: [sequence-prod]", "sources: [sequense-prod]"),
-         "subscriptions.ops-jobs.sources[0]", "unknown source 'sequense-prod'"),
+        (
+            ("url: https://ops.example.com/hooks", "url: ftp://x"),
+            "subscriptions.ops-jobs.url",
+            "not an http(s) URL: 'ftp://x'",
+        ),
+        (
+            ("    poll_interval: 30s", "    poll_intervall: 30s"),
+            "sources.movida-prod.poll_intervall",
+            "unknown key",
+        ),
+        (
+            ("password: ${SEQ_PASSWORD}", "password: ${NOT_SET_ANYWHERE}"),
+            "sources.sequence-prod.password",
+            "environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            ('"sequence.job.*", ', '"sequence.[job", '),
+            "subscriptions.ops-jobs.types[0]",
+            "not a type glob",
+        ),
+        (
+            ("contains(data.changes, 'status')", "contains(data.changes"),
+            "subscriptions.ops-jobs.filter",
+            "not a valid JMESPath expression",
+        ),
+        (
+            ("sources: [sequence-prod]", "sources: [sequense-prod]"),
+            "subscriptions.ops-jobs.sources[0]",
+            "unknown source 'sequense-prod'",
+        ),
         (("kind: movida", "kind: movie"), "sources.movida-prod", "unknown kind 'movie'"),
-        (("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain-secret"),
-         "subscriptions.ops-jobs.secret", "whsec_"),
-        (("    poll_interval: 30s", "    poll_interval: soon"),
-         "sources.movida-prod.poll_interval", "expected a duration"),
+        (
+            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain-secret"),
+            "subscriptions.ops-jobs.secret",
+            "whsec_",
+        ),
+        (
+            ("    poll_interval: 30s", "    poll_interval: soon"),
+            "sources.movida-prod.poll_interval",
+            "expected a duration",
+        ),
     ],
 )
 def test_each_error_names_file_and_key_path(
@@ -111,15 +135,18 @@ def test_each_error_names_file_and_key_path(
     """Each kind of mistake is reported as `file: key.path: what was expected`."""
     assert edit[0] in GOOD
     errors = errors_of(tmp_path, GOOD.replace(edit[0], edit[1]))
-    assert any(e.startswith(f"{tmp_path / 'hooks.yaml'}: {path}: ") and message in e
-               for e in errors), errors
+    assert any(
+        e.startswith(f"{tmp_path / 'hooks.yaml'}: {path}: ") and message in e for e in errors
+    ), errors
 
 
 def test_every_error_is_listed_at_once(tmp_path: Path) -> None:
     """Several mistakes in one file are all reported, not just the first."""
-    text = GOOD.replace("url: https://ops.example.com/hooks", "url: nope").replace(
-        "poll_interval: 30s", "poll_interval: later"
-    ).replace("sources: [sequence-prod]", "sources: [ghost]")
+    text = (
+        GOOD.replace("url: https://ops.example.com/hooks", "url: nope")
+        .replace("poll_interval: 30s", "poll_interval: later")
+        .replace("sources: [sequence-prod]", "sources: [ghost]")
+    )
     errors = errors_of(tmp_path, text)
     assert len(errors) == 3, errors
 
@@ -138,8 +165,16 @@ def test_secret_values_never_echoed(tmp_path: Path) -> None:
 
 def test_credentials_in_urls_are_masked() -> None:
     """user:password@ inside a URL never reaches an error message."""
-    raw = {"sources": {"s": {"kind": "sequence", "url": "ftp://u:pw-sentinel@h/api",
-                             "username": "u", "password": "p"}}}
+    raw = {
+        "sources": {
+            "s": {
+                "kind": "sequence",
+                "url": "ftp://u:pw-sentinel@h/api",
+                "username": "u",
+                "password": "p",
+            }
+        }
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(raw, "x.yaml", env={})
     assert "pw-sentinel" not in str(info.value)
@@ -160,8 +195,9 @@ def test_wrong_shapes(tmp_path: Path, text: str, path: str) -> None:
     assert any(f": {path}" in e for e in errors), errors
 
 
-def test_check_command_summarizes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_command_summarizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`feedhook check` prints each source and what each subscription receives, exit 0."""
     monkeypatch.setenv("SEQ_PASSWORD", "s3cret-sentinel")
     assert main(["check", "-c", str(write(tmp_path, GOOD))]) == 0

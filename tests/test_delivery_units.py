@@ -6,13 +6,14 @@ import random
 import time
 
 import pytest
-from conftest import SECRET
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from feedhook.delivery.policy import AttemptResult, RetryPolicy
 from feedhook.delivery.sender import parse_retry_after
 from feedhook.delivery.signing import Signer
+
+from conftest import SECRET
 
 POLICY = RetryPolicy(schedule=(5.0, 300.0, 1800.0))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import FIXTURES
-
 from feedhook.sources.bebanjo import normalize, parse_json_feed, parse_xml_feed
+
+from conftest import FIXTURES
 
 SEQ = "https://sequence.bebanjo.net/api"
 

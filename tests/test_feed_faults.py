@@ -7,9 +7,10 @@ import resource
 from pathlib import Path
 
 import pytest
-from conftest import eventually, running, source, subscription
 
 from feedhook.sim import Fault, Receiver, SimFeed
+
+from conftest import eventually, running, source, subscription
 
 CASES = [
     (Fault.ERROR_500, "json", "HTTP 500"),
@@ -64,10 +65,14 @@ async def test_fault_loses_nothing(
             await eventually(lambda: len(receiver.ok()) == 160, what="recovery")
             status = await worker.store.status()
         ids = sorted(r.webhook_id for r in receiver.ok())
-        assert ids == sorted([f"seq:{n}" for n in range(1, 121)] + [f"other:{n}" for n in range(1, 41)])
+        assert ids == sorted(
+            [f"seq:{n}" for n in range(1, 121)] + [f"other:{n}" for n in range(1, 41)]
+        )
         lines = [r.getMessage() for r in caplog.records if r.name == "feedhook.source"]
-        assert any(message in line and line.startswith("seq: ") and sequence_feed.api_url in line
-                   for line in lines), lines
+        assert any(
+            message in line and line.startswith("seq: ") and sequence_feed.api_url in line
+            for line in lines
+        ), lines
         assert not any("secret" in line for line in lines)  # the password never shows
         assert status.sources["seq"].cursor == "120"
         if fault is not Fault.RATE_LIMITED:  # a 429 is waited out, not an error

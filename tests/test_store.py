@@ -16,8 +16,12 @@ from feedhook.store.sqlite import SCHEMA_VERSION, StoreError
 
 def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
     envelope = make_envelope(
-        source_name="seq", upstream_id=str(n), source="https://x/api",
-        type="sequence.job.created", time=datetime.now(UTC), data={"n": n},
+        source_name="seq",
+        upstream_id=str(n),
+        source="https://x/api",
+        type="sequence.job.created",
+        time=datetime.now(UTC),
+        data={"n": n},
     )
     return IngestItem(str(n), envelope, subs)
 
@@ -60,13 +64,29 @@ async def test_claim_complete_and_recover(store: SqliteStore) -> None:
     assert [d.envelope_id for d in claimed] == ["seq:1", "seq:2", "seq:3"]
     assert len(await store.claim_due("a", now=1e12, limit=10)) == 2
     assert await store.claim_due("a", now=1e12, limit=10) == []
-    await store.complete([
-        Outcome(claimed[0].id, "delivered", 1, at=1.0, status_code=200),
-        Outcome(claimed[1].id, "retry", 1, at=1.0, next_attempt_at=2e12, status_code=500,
-                reason="HTTP 500"),
-        Outcome(claimed[2].id, "dead", 1, at=1.0, status_code=400, reason="permanent failure",
-                response_body="bad request"),
-    ])
+    await store.complete(
+        [
+            Outcome(claimed[0].id, "delivered", 1, at=1.0, status_code=200),
+            Outcome(
+                claimed[1].id,
+                "retry",
+                1,
+                at=1.0,
+                next_attempt_at=2e12,
+                status_code=500,
+                reason="HTTP 500",
+            ),
+            Outcome(
+                claimed[2].id,
+                "dead",
+                1,
+                at=1.0,
+                status_code=400,
+                reason="permanent failure",
+                response_body="bad request",
+            ),
+        ]
+    )
     counts = (await store.status()).subscriptions["a"]
     assert (counts.delivered, counts.dead, counts.in_flight, counts.pending) == (1, 1, 2, 1)
     assert await store.recover_in_flight() == 2

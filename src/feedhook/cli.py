@@ -146,12 +146,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return _run_async(run())
-    except* StoreError as group:
-        for exc in group.exceptions:
+    except* StoreError as stored:
+        for exc in stored.exceptions:
             print(f"feedhook: {exc}", file=sys.stderr)
-    except* Exception as group:
-        for exc in group.exceptions:
-            print(f"feedhook: stopped by an unexpected error: {exc!r}", file=sys.stderr)
+    except* Exception as failed:
+        for error in failed.exceptions:
+            print(f"feedhook: stopped by an unexpected error: {error!r}", file=sys.stderr)
     return EXIT_FAILURE
 
 
@@ -267,9 +267,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  {'name':<{width}}  {'pending':>9}  {'delivered':>9}  {'dead':>6}")
     for name, c in document["subscriptions"].items():
         gone = "  (no longer configured)" if not c["configured"] else ""
-        print(
-            f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}{gone}"
-        )
+        print(f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}{gone}")
     return EXIT_OK
 
 
@@ -289,11 +287,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 elif not letters:
                     print("no dead letters")
                 else:
-                    print(f"{'id':>6}  {'failed at':<20}  {'subscription':<16}  envelope / reason")
-                    for d in letters:
-                        failed = datetime.fromtimestamp(d.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                        print(f"{d.id:>6}  {failed:<20}  {d.subscription:<16}  {d.envelope_id} {d.type}")
-                        print(f"{'':>6}  {'':<20}  {'':<16}  {d.reason}")
+                    _print_dead(letters)
                 return EXIT_OK
             if action == "show":
                 letter = await store.get_dead(args.id)
@@ -310,11 +304,21 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 count = await store.purge_dead(ids, args.subscription)
                 print(f"purged {count} dead letter(s)")
             if ids and count < len(ids):
-                print(f"feedhook: {len(ids) - count} of the given ids were not found", file=sys.stderr)
+                print(
+                    f"feedhook: {len(ids) - count} of the given ids were not found", file=sys.stderr
+                )
                 return EXIT_FAILURE
             return EXIT_OK
 
     return asyncio.run(act())
+
+
+def _print_dead(letters: Sequence[Any]) -> None:
+    print(f"{'id':>6}  {'failed at (UTC)':<19}  {'subscription':<16}  envelope, type / reason")
+    for d in letters:
+        failed = datetime.fromtimestamp(d.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{d.id:>6}  {failed:<19}  {d.subscription:<16}  {d.envelope_id} {d.type}")
+        print(f"{'':>6}  {'':<19}  {'':<16}  {d.reason}")
 
 
 def _dead_json(letter: Any, with_event: bool = False) -> dict[str, Any]:

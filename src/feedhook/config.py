@@ -6,6 +6,8 @@ path and what was expected, so a person can fix the whole file in one pass.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -204,9 +206,6 @@ class RetryConfig(_Model):
 
 
 def _whsec(value: SecretStr) -> SecretStr:
-    import base64
-    import binascii
-
     raw = value.get_secret_value()
     if not raw.startswith("whsec_"):
         raise ValueError("expected a Standard Webhooks secret starting with 'whsec_'")
@@ -255,7 +254,12 @@ class SubscriptionConfig(_Model):
             try:
                 jmespath.compile(value)
             except jmespath.exceptions.JMESPathError as exc:
-                first = str(exc).splitlines()[0].removeprefix("Invalid jmespath expression: ").rstrip(":")
+                first = (
+                    str(exc)
+                    .splitlines()[0]
+                    .removeprefix("Invalid jmespath expression: ")
+                    .rstrip(":")
+                )
                 where = getattr(exc, "lex_position", None)
                 at = f" at column {where}" if where is not None else ""
                 raise ValueError(f"not a valid JMESPath expression{at}: {first}") from None
@@ -362,7 +366,8 @@ def _describe(error: Any) -> str:
     if kind in ("value_error", "assertion_error"):
         return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind == "union_tag_invalid":
-        return f"unknown kind {error['input'].get('kind')!r} (expected one of: {', '.join(SOURCE_KINDS)})"
+        kinds = ", ".join(SOURCE_KINDS)
+        return f"unknown kind {error['input'].get('kind')!r} (expected one of: {kinds})"
     if kind == "union_tag_not_found":
         return f"required key 'kind' is missing (one of: {', '.join(SOURCE_KINDS)})"
     if kind == "literal_error":

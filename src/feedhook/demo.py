@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import os
 import secrets
 import statistics
@@ -12,6 +13,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from feedhook.app import Worker, stop_on_signals
 from feedhook.config import parse_config
@@ -20,7 +22,7 @@ from feedhook.sim import Receiver, SimFeed
 from feedhook.sim.receiver import Received
 from feedhook.store import SqliteStore
 
-SUBSCRIPTIONS = {
+SUBSCRIPTIONS: dict[str, dict[str, Any]] = {
     "jobs": {"types": ["sequence.job.*"]},
     "titles": {"types": ["movida.title.*", "movida.title_metadata.*"]},
     "status-changes": {
@@ -42,8 +44,6 @@ async def run_demo(events: int, duration: float) -> int:
     started = time.time()
 
     def show(record: Received) -> None:
-        import json
-
         envelope = json.loads(record.body)
         latency = record.at - created.get(record.webhook_id, record.at)
         latencies[record.path].append(latency)
@@ -102,7 +102,9 @@ async def run_demo(events: int, duration: float) -> int:
 
             async def generate() -> None:
                 for n in range(events):
-                    feed, name = (sequence, "sequence-demo") if n % 2 == 0 else (movida, "movida-demo")
+                    feed, name = (
+                        (sequence, "sequence-demo") if n % 2 == 0 else (movida, "movida-demo")
+                    )
                     (event,) = feed.add_events(1)
                     created[f"{name}:{event.id}"] = event.timestamp.timestamp()
                     await asyncio.sleep(duration / events)
@@ -138,9 +140,11 @@ async def _settle(store: SqliteStore, *feeds: SimFeed, deadline: float) -> bool:
     while time.time() < deadline:
         status = await store.status()
         caught_up = all(
-            (state := status.sources.get(names[f.system])) is not None
-            and f.events
-            and state.cursor == str(f.events[-1].id)
+            (
+                (state := status.sources.get(names[f.system])) is not None
+                and f.events
+                and state.cursor == str(f.events[-1].id)
+            )
             or not f.events
             for f in feeds
         )

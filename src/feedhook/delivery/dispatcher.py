@@ -172,9 +172,7 @@ class Dispatcher:
     async def _finish_in_flight(self) -> None:
         if not self._sending:
             return
-        log.info(
-            "waiting up to %gs for %d in-flight deliveries", self.grace, len(self._sending)
-        )
+        log.info("waiting up to %gs for %d in-flight deliveries", self.grace, len(self._sending))
         _, late = await asyncio.wait(set(self._sending), timeout=self.grace)
         for task in late:
             task.cancel()

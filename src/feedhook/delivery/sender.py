@@ -81,9 +81,7 @@ class Sender:
                     raw += chunk
                 return AttemptResult(
                     status=response.status,
-                    retry_after=parse_retry_after(
-                        response.headers.get("Retry-After"), clock.now()
-                    ),
+                    retry_after=parse_retry_after(response.headers.get("Retry-After"), clock.now()),
                     body=bytes(raw[:KEPT_BODY]).decode("utf-8", "replace") or None,
                     duration=time.perf_counter() - started,
                     location=response.headers.get("Location"),

@@ -63,7 +63,8 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
  <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
  <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
 ]>
-<events type="array"><event><id type="integer">1</id><event-type>&lol9;</event-type></event></events>
+<events type="array"><event><id type="integer">1</id>
+<event-type>&lol9;</event-type></event></events>
 """
 
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
@@ -193,7 +194,7 @@ class SimFeed:
             return web.json_response({"resource_type": self.system, "events_link": events})
         body = (
             "<?xml version='1.0' encoding='utf-8' ?>\n"
-            f"<{self.system}>\n  <link rel=\"events\" href={quoteattr(events)}/>\n</{self.system}>\n"
+            f'<{self.system}>\n  <link rel="events" href={quoteattr(events)}/>\n</{self.system}>\n'
         )
         return web.Response(text=body, content_type="application/xml")
 
@@ -277,9 +278,7 @@ class SimFeed:
         if self._wants_json(request):
             entries = [self._json_event(api, e) for e in events]
             document = entries[0] if single else {"entries": entries}
-            return web.Response(
-                body=json.dumps(document).encode(), content_type="application/json"
-            )
+            return web.Response(body=json.dumps(document).encode(), content_type="application/json")
         parts = [self._xml_event(api, e) for e in events]
         if single:
             body = "<?xml version='1.0' encoding='utf-8' ?>\n" + parts[0]

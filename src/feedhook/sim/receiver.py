@@ -58,7 +58,11 @@ class Receiver:
         self._for(name).plan.extend(statuses)
 
     def answer(
-        self, name: str, status: int = 200, delay: float = 0.0, headers: dict[str, str] | None = None
+        self,
+        name: str,
+        status: int = 200,
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """From now on answer /name with this status after `delay` seconds."""
         behaviour = self._for(name)

@@ -22,8 +22,7 @@ class LoopbackServer:
         site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024)
         await site.start()
         self._runner = runner
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
+        self.port = runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{self.port}"
         return self.url
 

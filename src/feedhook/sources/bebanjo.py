@@ -300,4 +300,3 @@ class BebanjoSource:
                 low = page[-1].id
         log.info("%s: newest event is %d (found in %d requests)", self.name, low, requests)
         return low
-

@@ -61,7 +61,10 @@ class Poller:
             if fresh:
                 self.on_ingest()
                 log.debug(
-                    "%s: ingested %d events up to %s", name, fresh, page.cursor,
+                    "%s: ingested %d events up to %s",
+                    name,
+                    fresh,
+                    page.cursor,
                     extra={"source": name},
                 )
             cursor = page.cursor

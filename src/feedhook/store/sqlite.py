@@ -186,7 +186,14 @@ class SqliteStore:
                     "INSERT INTO events (source, upstream_id, envelope_id, type, body, ingested_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     [
-                        (source, i.upstream_id, i.envelope.id, i.envelope.type, i.envelope.body, now)
+                        (
+                            source,
+                            i.upstream_id,
+                            i.envelope.id,
+                            i.envelope.type,
+                            i.envelope.body,
+                            now,
+                        )
                         for i in fresh
                     ],
                 )
@@ -198,7 +205,7 @@ class SqliteStore:
                         f"AND upstream_id IN ({marks})",
                         (source, *(i.upstream_id for i in routed)),
                     )
-                    event_ids = dict(rows)  # type: ignore[arg-type]
+                    event_ids: dict[str, int] = {row[0]: row[1] for row in rows}
                     await db.executemany(
                         "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
                         " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
@@ -299,7 +306,14 @@ class SqliteStore:
                     "UPDATE deliveries SET state = 'pending', attempts = ?, updated_at = ?,"
                     " next_attempt_at = ?, last_status = ?, last_error = ? WHERE id = ?",
                     [
-                        (o.attempts, o.at, o.next_attempt_at, o.status_code, o.reason, o.delivery_id)
+                        (
+                            o.attempts,
+                            o.at,
+                            o.next_attempt_at,
+                            o.status_code,
+                            o.reason,
+                            o.delivery_id,
+                        )
                         for o in retries
                     ],
                 )
@@ -315,7 +329,14 @@ class SqliteStore:
                     " SELECT d.id, d.subscription, e.envelope_id, e.type, ?, ?, ?, ?, ?"
                     " FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
                     [
-                        (o.attempts, o.status_code, o.reason or "", o.response_body, o.at, o.delivery_id)
+                        (
+                            o.attempts,
+                            o.status_code,
+                            o.reason or "",
+                            o.response_body,
+                            o.at,
+                            o.delivery_id,
+                        )
                         for o in dead
                     ],
                 )
@@ -345,7 +366,8 @@ class SqliteStore:
     async def list_dead(
         self, subscription: str | None = None, limit: int = 100, after: int = 0
     ) -> list[DeadLetter]:
-        where, params = "id > ?", [after]
+        where = "id > ?"
+        params: list[Any] = [after]
         if subscription is not None:
             where += " AND subscription = ?"
             params.append(subscription)
@@ -369,7 +391,8 @@ class SqliteStore:
     def _dead_filter(
         self, ids: Sequence[int] | None, subscription: str | None
     ) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if ids is not None:
             clauses.append(f"id IN ({','.join('?' * len(ids))})")
             params.extend(ids)
