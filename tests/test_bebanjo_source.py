@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from feedhook.config import parse_config
 from feedhook.sim import Fault, SimFeed
 from feedhook.sources import BebanjoSource, FeedError
+from feedhook.sources.bebanjo import RawEvent
 
 from conftest import source
 
@@ -165,3 +168,36 @@ async def test_request_budget_is_respected(sequence_feed: SimFeed) -> None:
     finally:
         await src.close()
     assert elapsed >= 0.45
+
+
+async def test_expired_digest_nonce_is_renegotiated(sequence_feed: SimFeed) -> None:
+    """BeBanjo nonces last 5 minutes; an expired one (stale=true) costs one extra round trip."""
+    sequence_feed.guard.nonce_lifetime = 0.2
+    sequence_feed.add_events(3)
+    src = await opened(sequence_feed)
+    try:
+        await src.fetch("0")
+        challenges = sequence_feed.guard.challenges
+        await asyncio.sleep(0.3)
+        page = await src.fetch("0")
+    finally:
+        await src.close()
+    assert len(page.events) == 3
+    assert sequence_feed.guard.challenges == challenges + 1
+
+
+async def test_feed_ignoring_newer_than_is_an_error_not_a_loop(sequence_feed: SimFeed) -> None:
+    """A full page of events we already have means newer_than was ignored: say so."""
+    sequence_feed.add_events(60)
+    src = await opened(sequence_feed)
+    try:
+        original = src.read_page
+
+        async def always_the_first_page(newer_than: int | None) -> list[RawEvent]:
+            return await original(0)  # as a proxy that drops the query string would
+
+        src.read_page = always_the_first_page  # type: ignore[method-assign]
+        with pytest.raises(FeedError, match="the feed ignored newer_than"):
+            await src.fetch("50")
+    finally:
+        await src.close()

@@ -130,14 +130,21 @@ def test_bad_durations(bad: object) -> None:
     ],
 )
 def test_each_error_names_file_and_key_path(
-    tmp_path: Path, edit: tuple[str, str], path: str, message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    edit: tuple[str, str],
+    path: str,
+    message: str,
 ) -> None:
-    """Each kind of mistake is reported as `file: key.path: what was expected`."""
+    """Each kind of mistake makes `feedhook check` exit 2 with `file: key.path: what`."""
     assert edit[0] in GOOD
-    errors = errors_of(tmp_path, GOOD.replace(edit[0], edit[1]))
-    assert any(
-        e.startswith(f"{tmp_path / 'hooks.yaml'}: {path}: ") and message in e for e in errors
-    ), errors
+    monkeypatch.setenv("SEQ_PASSWORD", "x")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    config = write(tmp_path, GOOD.replace(edit[0], edit[1]))
+    assert main(["check", "-c", str(config)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"{config}: {path}: ") and message in line for line in lines), lines
 
 
 def test_every_error_is_listed_at_once(tmp_path: Path) -> None:

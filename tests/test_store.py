@@ -90,7 +90,8 @@ async def test_claim_complete_and_recover(store: SqliteStore) -> None:
     counts = (await store.status()).subscriptions["a"]
     assert (counts.delivered, counts.dead, counts.in_flight, counts.pending) == (1, 1, 2, 1)
     assert await store.recover_in_flight() == 2
-    assert await store.next_due_at() is not None
+    assert await store.next_due_at(["a"]) is not None
+    assert await store.next_due_at(["nobody"]) is None
     dead = await store.list_dead()
     assert [(d.envelope_id, d.status_code, d.reason, d.response_body) for d in dead] == [
         ("seq:3", 400, "permanent failure", "bad request")

@@ -93,7 +93,8 @@ class Dispatcher:
                         self._start(lane, delivery)
             if self._stopping:
                 break
-            next_due = await self.store.next_due_at()
+            # Lanes without room are woken by their own completions, not by the clock.
+            next_due = await self.store.next_due_at([n for n, x in self.lanes.items() if x.room])
             timeout = IDLE_POLL if next_due is None else next_due - clock.now()
             # A full lane with due work waits for a completion to wake us, not a spin.
             timeout = min(IDLE_POLL, max(timeout, 0.05))

@@ -19,8 +19,11 @@ def _md5(text: str) -> str:
 
 
 class DigestGuard:
-    def __init__(self, realm: str, username: str, password: str) -> None:
+    def __init__(
+        self, realm: str, username: str, password: str, nonce_lifetime: float = NONCE_LIFETIME
+    ) -> None:
         self.realm = realm
+        self.nonce_lifetime = nonce_lifetime
         self.username = username
         self.password = password
         self.opaque = secrets.token_hex(8)
@@ -52,7 +55,7 @@ class DigestGuard:
         issued = self._nonces.get(nonce)
         if issued is None:
             return self.challenge()
-        if time.monotonic() - issued > NONCE_LIFETIME:
+        if time.monotonic() - issued > self.nonce_lifetime:
             del self._nonces[nonce]
             return self.challenge(stale=True)
         if params.get("username") != self.username or params.get("uri") != request.path_qs:

@@ -245,6 +245,11 @@ class BebanjoSource:
         last = int(cursor)
         raw = await self.read_page(last)
         fresh = [e for e in raw if e.id > last]
+        if len(raw) >= PAGE_SIZE and not fresh:
+            raise FeedError(
+                f"{redact_url(await self.events_url())}: a full page with no event newer than "
+                f"{last}: the feed ignored newer_than; check events_url for source {self.name}"
+            )
         events = [(str(e.id), normalize(self.name, self.system, self.api_url, e)) for e in fresh]
         return Page(
             events=events,

@@ -57,7 +57,6 @@ class Poller:
                 for upstream_id, envelope in page.events
             ]
             fresh = await self.store.ingest(name, items, page.cursor)
-            await self.store.record_poll(name, clock.now())
             if fresh:
                 self.on_ingest()
                 log.debug(
@@ -83,4 +82,4 @@ class Poller:
             details["wait"],
             extra={"source": name},
         )
-        await self.store.record_poll(name, clock.now(), error=message)
+        await self.store.record_poll_error(name, clock.now(), message)

@@ -215,32 +215,27 @@ class SqliteStore:
                             for name in i.subscriptions
                         ],
                     )
+            # A page read is a successful poll: recorded with the cursor, no extra commit.
             await db.execute(
-                "INSERT INTO sources (name, cursor, cursor_updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
-                " cursor_updated_at = excluded.cursor_updated_at",
-                (source, cursor, now),
+                "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
+                " last_success_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at,"
+                " last_poll_at = excluded.last_poll_at,"
+                " last_success_at = excluded.last_success_at, last_error = NULL,"
+                " last_error_at = NULL",
+                (source, cursor, now, now, now),
             )
         return len(fresh)
 
-    async def record_poll(self, source: str, at: float, error: str | None = None) -> None:
+    async def record_poll_error(self, source: str, at: float, error: str) -> None:
         async with self._transaction() as db:
-            if error is None:
-                await db.execute(
-                    "INSERT INTO sources (name, last_poll_at, last_success_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET last_poll_at = excluded.last_poll_at,"
-                    " last_success_at = excluded.last_success_at, last_error = NULL,"
-                    " last_error_at = NULL",
-                    (source, at, at),
-                )
-            else:
-                await db.execute(
-                    "INSERT INTO sources (name, last_poll_at, last_error, last_error_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                    " last_poll_at = excluded.last_poll_at, last_error = excluded.last_error,"
-                    " last_error_at = excluded.last_error_at",
-                    (source, at, error, at),
-                )
+            await db.execute(
+                "INSERT INTO sources (name, last_poll_at, last_error, last_error_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " last_poll_at = excluded.last_poll_at, last_error = excluded.last_error,"
+                " last_error_at = excluded.last_error_at",
+                (source, at, error, at),
+            )
 
     # --- deliveries ------------------------------------------------------------------
 
@@ -283,11 +278,19 @@ class SqliteStore:
             )
             return claimed
 
-    async def next_due_at(self) -> float | None:
-        row = await self._one(
-            self.db, "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-        )
-        return None if row is None else row[0]
+    async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
+        """The earliest pending attempt among these lanes (one index probe per lane)."""
+        earliest: float | None = None
+        for name in subscriptions:
+            row = await self._one(
+                self.db,
+                "SELECT min(next_attempt_at) FROM deliveries"
+                " WHERE subscription = ? AND state = 'pending'",
+                (name,),
+            )
+            if row is not None and row[0] is not None:
+                earliest = row[0] if earliest is None else min(earliest, row[0])
+        return earliest
 
     async def complete(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempt outcomes in one transaction."""
