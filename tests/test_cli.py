@@ -224,3 +224,35 @@ async def test_demo(cli: Cli, args: list[str]) -> None:
     assert "all queues drained: True" in out
     assert "BAD SIGNATURE" not in out
     assert "signed ok" in out
+
+
+async def test_replay_stored_events_to_a_new_subscription(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A subscription added later receives past events only when replayed on purpose."""
+    sequence_feed.add_events(9)
+    config = base_config(sequence_feed, receiver, first={})
+    cli.write_config(config)
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok("first")) == 9, what="first deliveries")
+    assert (await stop(proc))[0] == 0
+
+    config["subscriptions"]["late"] = subscription(receiver, "late", types=["sequence.job.*"])
+    cli.write_config(config)
+    code, _, err = await cli.run("replay", "-s", "late")
+    assert code == 2 and "--all" in err
+    code, _, err = await cli.run("replay", "-s", "ghost", "--all")
+    assert code == 2 and "no subscription 'ghost'" in err
+    code, out, _ = await cli.run(
+        "replay", "-s", "late", "--type", "sequence.job.*", "--since", "1h"
+    )
+    assert code == 0 and "queued 3 event(s) for late" in out
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok("late")) == 3, what="replayed deliveries")
+    assert (await stop(proc))[0] == 0
+    assert {json.loads(r.body)["type"] for r in receiver.ok("late")} == {
+        "sequence.job.created",
+        "sequence.job.updated",
+        "sequence.job.deleted",
+    }
+    assert len(receiver.ok("first")) == 9  # nothing replayed to the first one

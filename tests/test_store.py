@@ -157,3 +157,25 @@ async def test_schema_version_and_newer_database(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer than this feedhook understands"):
         async with SqliteStore(path):
             pass
+
+
+async def test_replay_events_on_purpose(store: SqliteStore) -> None:
+    """Stored events are queued again for a subscription: new pairs are created, delivered
+    and dead ones reset (dead letters cleared), in-flight ones left alone."""
+    items = [item(n) for n in range(1, 5)]
+    object.__setattr__(items[3].envelope, "type", "sequence.task.created")
+    await store.ingest("seq", items, "4")
+    claimed = await store.claim_due("a", 1e12, 10)
+    await store.complete(
+        [
+            Outcome(claimed[0].id, "delivered", 1, at=1.0),
+            Outcome(claimed[1].id, "dead", 1, at=1.0, reason="x"),
+        ]
+    )  # claimed[2] and [3] stay in flight
+    assert await store.replay_events("b", 5.0, type_glob="sequence.job.*") == 3
+    assert await store.replay_events("a", 5.0, source="seq") == 2  # not the in-flight two
+    assert await store.list_dead() == []
+    counts = (await store.status()).subscriptions
+    assert (counts["a"].pending, counts["a"].in_flight, counts["b"].pending) == (2, 2, 3)
+    assert await store.replay_events("b", 5.0, envelope_ids=["seq:4"]) == 1
+    assert await store.replay_events("b", 5.0, since=1e12) == 0

@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedhook import __version__, logs
-from feedhook.config import Config, ConfigError, load_config, parse_duration, redact_url
+from feedhook.config import (
+    Config,
+    ConfigError,
+    check_glob,
+    load_config,
+    parse_duration,
+    redact_url,
+)
 from feedhook.settings import Settings
 from feedhook.store import SqliteStore, Status
 from feedhook.store.sqlite import StoreError
@@ -71,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--all", action="store_true", help="every dead letter (see -s)")
         sub.add_argument("--subscription", "-s")
 
+    replay = with_config(
+        commands.add_parser("replay", help="queue stored events for a subscription again")
+    )
+    replay.add_argument("envelope_ids", nargs="*", metavar="ENVELOPE_ID")
+    replay.add_argument("--subscription", "-s", required=True)
+    replay.add_argument("--source", help="only events from this source")
+    replay.add_argument("--type", dest="type_glob", help="only types matching this glob")
+    replay.add_argument(
+        "--since", help="only events ingested since: a duration (2h) or a time (2026-11-01T00:00Z)"
+    )
+    replay.add_argument("--all", action="store_true", help="every stored event that matches")
+
     demo = commands.add_parser("demo", help="watch feedhook work against simulated feeds")
     demo.add_argument("--events", type=int, default=40, help="events to generate (default 40)")
     demo.add_argument(
@@ -97,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": cmd_check,
         "status": cmd_status,
         "dlq": cmd_dlq,
+        "replay": cmd_replay,
         "demo": cmd_demo,
         "send-test": cmd_send_test,
     }
@@ -336,6 +356,55 @@ def _dead_json(letter: Any, with_event: bool = False) -> dict[str, Any]:
     if with_event and letter.body is not None:
         out["event"] = json.loads(letter.body)
     return out
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since: expected a duration (2h) or a time, got {value!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    config = _load(args, settings)
+    if args.subscription not in config.subscriptions:
+        known = ", ".join(config.subscriptions) or "none"
+        raise UsageError(f"no subscription {args.subscription!r} (configured: {known})")
+    if args.source is not None and args.source not in config.sources:
+        raise UsageError(f"no source {args.source!r} (configured: {', '.join(config.sources)})")
+    if args.type_glob is not None:
+        try:
+            check_glob(args.type_glob)
+        except ValueError as exc:
+            raise UsageError(f"--type: {exc}") from None
+    filters = (args.envelope_ids, args.source, args.type_glob, args.since)
+    if not args.all and not any(filters):
+        raise UsageError(
+            "replay: name envelope ids, or narrow with --source/--type/--since, or --all"
+        )
+    since = _since(args.since)
+
+    async def act() -> int:
+        async with _open_existing(settings) as store:
+            return await store.replay_events(
+                args.subscription,
+                time.time(),
+                envelope_ids=args.envelope_ids or None,
+                source=args.source,
+                type_glob=args.type_glob,
+                since=since,
+            )
+
+    count = asyncio.run(act())
+    print(f"queued {count} event(s) for {args.subscription}; a running feedhook delivers them now")
+    return EXIT_OK
 
 
 # --- demo and send-test --------------------------------------------------------------

@@ -111,3 +111,13 @@ class Store(Protocol):
         self, ids: Sequence[int] | None, subscription: str | None, now: float
     ) -> int: ...
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int: ...
+    async def replay_events(
+        self,
+        subscription: str,
+        now: float,
+        *,
+        envelope_ids: Sequence[str] | None = None,
+        source: str | None = None,
+        type_glob: str | None = None,
+        since: float | None = None,
+    ) -> int: ...

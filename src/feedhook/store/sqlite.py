@@ -419,6 +419,51 @@ class SqliteStore:
             cursor = await db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
             return cursor.rowcount
 
+    async def replay_events(
+        self,
+        subscription: str,
+        now: float,
+        *,
+        envelope_ids: Sequence[str] | None = None,
+        source: str | None = None,
+        type_glob: str | None = None,
+        since: float | None = None,
+    ) -> int:
+        """Queue stored events for a subscription again, on purpose (a new receiver, a
+        receiver that lost data). Deliveries in flight are left alone; dead ones leave
+        the dead-letter table as they go back into the outbox."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if envelope_ids:
+            clauses.append(f"envelope_id IN ({','.join('?' * len(envelope_ids))})")
+            params.extend(envelope_ids)
+        if source is not None:
+            clauses.append("source = ?")
+            params.append(source)
+        if type_glob is not None:
+            clauses.append("type GLOB ?")  # fnmatch's [!x] is GLOB's [^x]
+            params.append(type_glob.replace("[!", "[^"))
+        if since is not None:
+            clauses.append("ingested_at >= ?")
+            params.append(since)
+        where = " AND ".join(clauses) or "1"
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM dead_letters WHERE delivery_id IN (SELECT d.id FROM deliveries d"
+                f" JOIN events ON events.id = d.event_id WHERE d.subscription = ? AND {where})",
+                (subscription, *params),
+            )
+            cursor = await db.execute(
+                "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                f" created_at, updated_at) SELECT id, ?, 'pending', ?, ?, ? FROM events"
+                f" WHERE {where} ORDER BY id ON CONFLICT (event_id, subscription) DO UPDATE SET"
+                " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,"
+                " created_at = excluded.created_at, updated_at = excluded.updated_at,"
+                " last_error = NULL WHERE deliveries.state != 'in_flight'",
+                (subscription, now, now, now, *params),
+            )
+            return cursor.rowcount
+
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
         where, params = self._dead_filter(ids, subscription)
         async with self._transaction() as db:
