@@ -201,3 +201,42 @@ async def test_feed_ignoring_newer_than_is_an_error_not_a_loop(sequence_feed: Si
             await src.fetch("50")
     finally:
         await src.close()
+
+
+async def test_budget_keeps_clear_of_the_upstream_ban() -> None:
+    """With the upstream enforcing N per window (and a ban beyond), the matching
+    rate_limit reads many pages without a single 429."""
+    feed = SimFeed("sequence", rate_limit=(8, 0.5), ban_seconds=30)
+    await feed.start()
+    try:
+        feed.add_events(700)
+        src = await opened(feed, rate_limit="8/500ms")
+        try:
+            cursor = "0"
+            for _ in range(14):
+                cursor = (await src.fetch(cursor)).cursor
+        finally:
+            await src.close()
+        assert cursor == "700"
+        assert feed.faults_served == []
+        assert all("newer_than" in r for r in feed.requests)
+    finally:
+        await feed.stop()
+
+
+async def test_a_ban_is_waited_out() -> None:
+    """Beyond the budget the upstream bans; the client waits for Ratelimit-Reset and goes on."""
+    feed = SimFeed("sequence", rate_limit=(3, 10.0), ban_seconds=1)
+    await feed.start()
+    try:
+        feed.add_events(200)
+        src = await opened(feed, rate_limit="100/1s")
+        try:
+            cursor = "0"
+            for _ in range(4):
+                cursor = (await src.fetch(cursor)).cursor
+        finally:
+            await src.close()
+        assert cursor == "200"
+    finally:
+        await feed.stop()

@@ -99,6 +99,8 @@ class SimFeed:
         slow_seconds: float = 5.0,
         rate_limit_reset: int = 1,
         track_served: bool = False,
+        rate_limit: tuple[int, float] | None = None,
+        ban_seconds: float = 300.0,
     ) -> None:
         if system not in ("sequence", "movida"):
             raise ValueError(f"unknown system {system!r}")
@@ -115,6 +117,11 @@ class SimFeed:
         self.faults_served: list[Fault] = []
         self.track_served = track_served
         self.served_at: dict[int, float] = {}
+        # BeBanjo: 150 requests per 30 s per API user, then a 300 s ban answered with 429.
+        self.rate_limit = rate_limit
+        self.ban_seconds = ban_seconds
+        self._recent: deque[float] = deque()
+        self._banned_until = 0.0
         self.server = LoopbackServer(self.app())
 
     # --- control ---------------------------------------------------------------------
@@ -214,6 +221,8 @@ class SimFeed:
         if (denied := self.guard.check(request)) is not None:
             return denied
         self.requests.append(request.path_qs)
+        if (refused := self._over_budget()) is not None:
+            return refused
         fault = self._faults.popleft() if self._faults else None
         if fault is not None:
             self.faults_served.append(fault)
@@ -238,15 +247,34 @@ class SimFeed:
             response.body = whole[: max(1, len(whole) // 2)]
         return response
 
+    def _over_budget(self) -> web.Response | None:
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        if now < self._banned_until:
+            return self._too_many(self._banned_until - now)
+        limit, window = self.rate_limit
+        while self._recent and now - self._recent[0] >= window:
+            self._recent.popleft()
+        if len(self._recent) >= limit:
+            self._banned_until = now + self.ban_seconds
+            self._recent.clear()  # the real ban (300 s) outlasts the window (30 s)
+            return self._too_many(self.ban_seconds)
+        self._recent.append(now)
+        return None
+
+    def _too_many(self, seconds: float) -> web.Response:
+        return web.Response(
+            status=429,
+            text="Too Many Requests\n",
+            headers={"Ratelimit-Reset": str(max(1, round(seconds)))},
+        )
+
     def _fault_response(self, fault: Fault, request: web.Request) -> web.Response | None:
         if fault is Fault.ERROR_500:
             return web.Response(status=500, text="Internal Server Error\n")
         if fault is Fault.RATE_LIMITED:
-            return web.Response(
-                status=429,
-                text="Too Many Requests\n",
-                headers={"Ratelimit-Reset": str(self.rate_limit_reset)},
-            )
+            return self._too_many(self.rate_limit_reset)
         if fault is Fault.HTML:
             return web.Response(text=LOGIN_PAGE, content_type="text/html")
         if fault is Fault.BILLION_LAUGHS:

@@ -23,6 +23,7 @@ log = logging.getLogger("feedhook.source")
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_RATE_LIMIT_WAIT = 900.0
 RATE_LIMIT_RETRIES = 5
+EPOCH_THRESHOLD = 1e9  # a "seconds to wait" this large is really a Unix timestamp
 
 
 class RequestBudget:
@@ -119,10 +120,14 @@ class FeedClient:
             raise FeedError(f"{shown}: the response body was cut off (truncated)") from None
         except aiohttp.ClientError as exc:
             raise FeedError(f"{shown}: {type(exc).__name__}: {exc}") from None
+        except ValueError as exc:  # e.g. a discovered link that is not a URL
+            raise FeedError(f"{shown}: cannot request this URL: {exc}") from None
 
     async def _wait_rate_limit(self, response: aiohttp.ClientResponse, shown: str) -> None:
         reset = response.headers.get("Ratelimit-Reset")
         wait = parse_retry_after(reset, time.time()) if reset else None
+        if wait is not None and wait > EPOCH_THRESHOLD:  # some APIs send the reset instant
+            wait = max(0.0, wait - time.time())
         if wait is None:
             wait = parse_retry_after(response.headers.get("Retry-After"), time.time())
         wait = min(MAX_RATE_LIMIT_WAIT, 1.0 if wait is None else wait)

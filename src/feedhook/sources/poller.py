@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import backoff
 
@@ -15,6 +15,8 @@ from feedhook.sources.base import FeedError, Page, Source
 from feedhook.store.base import IngestItem, Store
 
 log = logging.getLogger("feedhook.source")
+
+T = TypeVar("T")
 
 
 class Poller:
@@ -37,8 +39,8 @@ class Poller:
             on_backoff=self._failed,
             logger=None,
         )
-        self._fetch = retry(source.fetch)
-        self._initial_cursor = retry(source.initial_cursor)
+        self._fetch = retry(self._guarded(source.fetch))
+        self._initial_cursor = retry(self._guarded(source.initial_cursor))
 
     async def run(self) -> None:
         """Poll until cancelled. A failing feed never ends this loop; it backs off."""
@@ -69,6 +71,21 @@ class Poller:
             cursor = page.cursor
             if not page.more:
                 await asyncio.sleep(self.source.poll_interval)
+
+    def _guarded(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """A bug in parsing one odd page must not stop every other source: it is logged
+        with its traceback and retried like any feed failure."""
+
+        async def guarded(*args: Any) -> T:
+            try:
+                return await call(*args)
+            except FeedError:
+                raise
+            except Exception as exc:
+                log.exception("%s: unexpected error reading the feed", self.source.name)
+                raise FeedError(f"unexpected {type(exc).__name__}: {exc}") from exc
+
+        return guarded
 
     async def _failed(self, details: Any) -> None:
         exc = details.get("exception")
