@@ -3,7 +3,8 @@
 Used by `feedhook demo`, the tests and the benchmarks: real aiohttp servers on loopback.
 """
 
-from feedhook.sim.bebanjo import Fault, SimFeed
+from feedhook.sim.bebanjo import SimFeed
+from feedhook.sim.faults import Fault
 from feedhook.sim.receiver import Receiver
 
 __all__ = ["Fault", "Receiver", "SimFeed"]

@@ -8,20 +8,18 @@ real upstreams do.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import enum
 import json
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from aiohttp import web
 
 from feedhook.sim.digest import DigestGuard
-from feedhook.sim.serve import LoopbackServer
+from feedhook.sim.faults import Fault, SimUpstream
 
 SEQUENCE_RESOURCES = {
     "job": ["name", "due-date", "ends-at", "licensor-name", "tag-list", "title-external-id"],
@@ -38,46 +36,6 @@ MOVIDA_RESOURCES = {
 }
 
 
-class Fault(enum.StrEnum):
-    """Ways the next feed response can go wrong."""
-
-    ERROR_500 = "500"
-    RATE_LIMITED = "429"
-    HTML = "html"
-    TRUNCATED = "truncated"
-    BILLION_LAUGHS = "billion-laughs"
-    EXTERNAL_ENTITY = "external-entity"
-    SLOW = "slow"
-    UNAUTHORIZED = "401"
-
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [
- <!ENTITY lol "lol">
- <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
- <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
- <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
- <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
- <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
- <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
- <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
-]>
-<events type="array"><event><id type="integer">1</id>
-<event-type>&lol9;</event-type></event></events>
-"""
-
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE events [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
-<events type="array"><event><id type="integer">1</id><event-type>&xxe;</event-type></event></events>
-"""
-
-LOGIN_PAGE = """<!DOCTYPE html>
-<html><head><title>Sign in</title></head><body><form action="/login">
-<input name="user"><input name="password" type="password"></form></body></html>
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class SimEvent:
     id: int
@@ -87,7 +45,7 @@ class SimEvent:
     subject: str  # path below the API root
 
 
-class SimFeed:
+class SimFeed(SimUpstream):
     """One simulated BeBanjo account. Start it, add events, point feedhook at `api_url`."""
 
     def __init__(
@@ -96,33 +54,20 @@ class SimFeed:
         username: str = "robot_user",
         password: str = "secret",
         page_size: int = 50,
-        slow_seconds: float = 5.0,
-        rate_limit_reset: int = 1,
         track_served: bool = False,
-        rate_limit: tuple[int, float] | None = None,
-        ban_seconds: float = 300.0,
+        **upstream: Any,
     ) -> None:
         if system not in ("sequence", "movida"):
             raise ValueError(f"unknown system {system!r}")
         self.system = system
         self.page_size = page_size
-        self.slow_seconds = slow_seconds
-        self.rate_limit_reset = rate_limit_reset
         self.guard = DigestGuard(f"{system.title()} API", username, password)
         self.events: list[SimEvent] = []
         self._ids: list[int] = []
         self._next_id = 1
-        self._faults: deque[Fault] = deque()
-        self.requests: list[str] = []
-        self.faults_served: list[Fault] = []
         self.track_served = track_served
         self.served_at: dict[int, float] = {}
-        # BeBanjo: 150 requests per 30 s per API user, then a 300 s ban answered with 429.
-        self.rate_limit = rate_limit
-        self.ban_seconds = ban_seconds
-        self._recent: deque[float] = deque()
-        self._banned_until = 0.0
-        self.server = LoopbackServer(self.app())
+        super().__init__(**upstream)
 
     # --- control ---------------------------------------------------------------------
 
@@ -131,11 +76,17 @@ class SimFeed:
         return f"{self.server.url}/api"
 
     async def start(self) -> str:
-        await self.server.start()
+        await super().start()
         return self.api_url
 
-    async def stop(self) -> None:
-        await self.server.stop()
+    def inject(self, fault: Fault | str, times: int = 1) -> None:
+        """The next `times` feed responses fail this way."""
+        # A rejected Digest answer is retried once with a fresh challenge by the client:
+        # refusing credentials for one fetch takes two responses.
+        super().inject(fault, times * (2 if Fault(fault) is Fault.UNAUTHORIZED else 1))
+
+    def unauthorized(self) -> web.Response:
+        return self.guard.challenge()
 
     def add_events(
         self,
@@ -168,18 +119,6 @@ class SimFeed:
             self._ids.append(event_id)
             added.append(event)
         return added
-
-    def inject(self, fault: Fault | str, times: int = 1) -> None:
-        """The next `times` feed responses fail this way."""
-        fault = Fault(fault)
-        # A rejected Digest answer is retried once with a fresh challenge by the client:
-        # refusing credentials for one fetch takes two responses.
-        per_fetch = 2 if fault is Fault.UNAUTHORIZED else 1
-        self._faults.extend([fault] * times * per_fetch)
-
-    @property
-    def pending_faults(self) -> int:
-        return len(self._faults)
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -220,16 +159,9 @@ class SimFeed:
     async def _feed(self, request: web.Request) -> web.StreamResponse:
         if (denied := self.guard.check(request)) is not None:
             return denied
-        self.requests.append(request.path_qs)
-        if (refused := self._over_budget()) is not None:
+        refused, fault = await self.gate(request)
+        if refused is not None:
             return refused
-        fault = self._faults.popleft() if self._faults else None
-        if fault is not None:
-            self.faults_served.append(fault)
-            if fault is Fault.SLOW:
-                await asyncio.sleep(self.slow_seconds)
-            elif (response := self._fault_response(fault, request)) is not None:
-                return response
         try:
             newer_than = int(request.query["newer_than"]) if "newer_than" in request.query else None
         except ValueError:
@@ -240,50 +172,7 @@ class SimFeed:
             now = time.time()
             for event in page:
                 self.served_at.setdefault(event.id, now)
-        response = self._render(request, page)
-        if fault is Fault.TRUNCATED:
-            assert isinstance(response, web.Response) and response.body is not None
-            whole = bytes(response.body)  # type: ignore[arg-type]
-            response.body = whole[: max(1, len(whole) // 2)]
-        return response
-
-    def _over_budget(self) -> web.Response | None:
-        if self.rate_limit is None:
-            return None
-        now = time.monotonic()
-        if now < self._banned_until:
-            return self._too_many(self._banned_until - now)
-        limit, window = self.rate_limit
-        while self._recent and now - self._recent[0] >= window:
-            self._recent.popleft()
-        if len(self._recent) >= limit:
-            self._banned_until = now + self.ban_seconds
-            self._recent.clear()  # the real ban (300 s) outlasts the window (30 s)
-            return self._too_many(self.ban_seconds)
-        self._recent.append(now)
-        return None
-
-    def _too_many(self, seconds: float) -> web.Response:
-        return web.Response(
-            status=429,
-            text="Too Many Requests\n",
-            headers={"Ratelimit-Reset": str(max(1, round(seconds)))},
-        )
-
-    def _fault_response(self, fault: Fault, request: web.Request) -> web.Response | None:
-        if fault is Fault.ERROR_500:
-            return web.Response(status=500, text="Internal Server Error\n")
-        if fault is Fault.RATE_LIMITED:
-            return self._too_many(self.rate_limit_reset)
-        if fault is Fault.HTML:
-            return web.Response(text=LOGIN_PAGE, content_type="text/html")
-        if fault is Fault.BILLION_LAUGHS:
-            return web.Response(body=BILLION_LAUGHS, content_type="application/xml")
-        if fault is Fault.EXTERNAL_ENTITY:
-            return web.Response(body=EXTERNAL_ENTITY, content_type="application/xml")
-        if fault is Fault.UNAUTHORIZED:
-            return self.guard.challenge()
-        return None
+        return self.finish(fault, self._render(request, page))
 
     def _select(self, newer_than: int | None, wanted: set[str]) -> list[SimEvent]:
         if newer_than is None:
