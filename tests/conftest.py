@@ -17,7 +17,7 @@ import yaml
 
 from feedhook.app import Worker
 from feedhook.config import parse_config
-from feedhook.sim import Receiver, SimFeed
+from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
 from feedhook.store import SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -149,3 +149,51 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
+
+
+@pytest.fixture
+async def teamhub() -> AsyncIterator[SimTeamHub]:
+    sim = SimTeamHub()
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def modulo() -> AsyncIterator[SimModulo]:
+    sim = SimModulo()
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+def teamhub_source(sim: SimTeamHub, **overrides: Any) -> dict[str, Any]:
+    return {
+        "kind": "teamhub",
+        "url": sim.api_url,
+        "company_key": sim.company_key,
+        "account_key": sim.account_key,
+        "poll_interval": "100ms",
+        "start": "earliest",
+        "rate_limit": "1000/1s",
+        "max_backoff": "200ms",
+        "timeout": "2s",
+        **overrides,
+    }
+
+
+def modulo_source(sim: SimModulo, codes: list[str], **overrides: Any) -> dict[str, Any]:
+    return {
+        "kind": "modulo",
+        "url": sim.ws_url,
+        "event_codes": codes,
+        "token_url": sim.token_url,
+        "client_id": sim.client_id,
+        "client_secret": sim.client_secret,
+        "poll_interval": "100ms",
+        "start": "earliest",
+        "rate_limit": "1000/1s",
+        "max_backoff": "200ms",
+        "timeout": "2s",
+        **overrides,
+    }

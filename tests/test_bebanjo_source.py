@@ -8,15 +8,15 @@ import pytest
 
 from feedhook.config import parse_config
 from feedhook.sim import Fault, SimFeed
-from feedhook.sources import BebanjoSource, FeedError
+from feedhook.sources import BebanjoFeed, FeedError
 from feedhook.sources.bebanjo import RawEvent
 
 from conftest import source
 
 
-async def opened(feed: SimFeed, **overrides: object) -> BebanjoSource:
+async def opened(feed: SimFeed, **overrides: object) -> BebanjoFeed:
     config = parse_config({"sources": {"s": source(feed, **overrides)}}, "t", env={})
-    src = BebanjoSource("s", config.sources["s"])  # type: ignore[arg-type]
+    src = BebanjoFeed("s", config.sources["s"])  # type: ignore[arg-type]
     await src.open()
     return src
 

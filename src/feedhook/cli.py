@@ -17,6 +17,7 @@ from feedhook.config import (
     Config,
     ConfigError,
     check_glob,
+    describe_source,
     load_config,
     parse_duration,
     redact_url,
@@ -184,12 +185,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{path}: OK")
     print(f"\nsources ({len(config.sources)}):")
     for name, source in config.sources.items():
-        extra = f", event types {', '.join(source.event_types)}" if source.event_types else ""
-        print(
-            f"  {name}: {source.kind} at {redact_url(source.url)} ({source.format}), "
-            f"every {source.poll_interval:g}s, start {source.start}, "
-            f"rate limit {source.rate_limit}{extra}"
-        )
+        print(f"  {name}: {describe_source(source)}")
     print(f"\nsubscriptions ({len(config.subscriptions)}):")
     for name, sub in config.subscriptions.items():
         print(f"  {name} -> {redact_url(sub.url)}")

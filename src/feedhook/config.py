@@ -152,7 +152,7 @@ class _SourceCommon(_Model):
     start: str = "latest"
 
 
-class _BebanjoSource(_SourceCommon):
+class _BebanjoFeed(_SourceCommon):
     username: str = Field(min_length=1)
     password: SecretStr
     events_url: HttpUrl | None = None
@@ -184,18 +184,112 @@ class _BebanjoSource(_SourceCommon):
         return value
 
 
-class SequenceSource(_BebanjoSource):
+class SequenceSource(_BebanjoFeed):
     kind: Literal["sequence"]
     format: Literal["json", "xml"] = "json"
 
 
-class MovidaSource(_BebanjoSource):
+class MovidaSource(_BebanjoFeed):
     kind: Literal["movida"]
     format: Literal["xml"] = "xml"
 
 
-SourceConfig = Annotated[SequenceSource | MovidaSource, Field(discriminator="kind")]
-SOURCE_KINDS = ("sequence", "movida")
+class TeamHubSource(_SourceCommon):
+    """Helix TeamHub's company event feed (newest first, offset paging, header auth)."""
+
+    kind: Literal["teamhub"]
+    company_key: SecretStr
+    account_key: SecretStr
+    project: str | None = None
+    operation: str | None = None
+    target: str | None = None
+    page_size: int = Field(default=100, ge=1, le=1000)
+    live_events: Literal["on_complete", "each_update"] = "on_complete"
+    live_timeout: Duration = 3600.0
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value in ("latest", "earliest"):
+            return value
+        raise ValueError(f"expected latest or earliest, got {value!r}")
+
+
+class ModuloSource(_SourceCommon):
+    """Modulo Risk Manager workflow event updates, one feed per event code."""
+
+    kind: Literal["modulo"]
+    event_codes: tuple[str, ...]
+    include_child_events: bool = False
+    token: SecretStr | None = None
+    token_url: HttpUrl | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    # How far before the cursor each request starts: the API does not say in which time
+    # zone it reads a datetime'...' literal, and a re-read is cheap where a gap is not.
+    overlap: Duration = 86400.0
+
+    @field_validator("event_codes")
+    @classmethod
+    def _codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one event code, e.g. [EVTC201105000052]")
+        for code in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", code):
+                raise ValueError(f"not an event code: {code!r} (letters, digits, '-' and '_')")
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value in ("latest", "earliest"):
+            return value
+        raise ValueError(f"expected latest or earliest, got {value!r}")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> ModuloSource:
+        oauth = (self.token_url, self.client_id, self.client_secret)
+        if self.token is not None and any(v is not None for v in oauth):
+            raise ValueError("give either token, or token_url + client_id + client_secret")
+        if self.token is None and not all(v is not None for v in oauth):
+            missing = [
+                k
+                for k, v in zip(("token_url", "client_id", "client_secret"), oauth, strict=True)
+                if v is None
+            ]
+            raise ValueError(
+                "needs auth: a static token, or token_url + client_id + client_secret "
+                f"(missing {', '.join(missing)})"
+            )
+        return self
+
+
+SourceConfig = Annotated[
+    SequenceSource | MovidaSource | TeamHubSource | ModuloSource, Field(discriminator="kind")
+]
+SOURCE_KINDS = ("sequence", "movida", "teamhub", "modulo")
+
+
+def describe_source(source: SequenceSource | MovidaSource | TeamHubSource | ModuloSource) -> str:
+    """One line for `feedhook check`: what is read, from where, how often (no secrets)."""
+    head = f"{source.kind} at {redact_url(source.url)}"
+    tail = f"every {source.poll_interval:g}s, start {source.start}, rate limit {source.rate_limit}"
+    if isinstance(source, SequenceSource | MovidaSource):
+        types = f", event types {', '.join(source.event_types)}" if source.event_types else ""
+        return f"{head} ({source.format}), {tail}{types}"
+    if isinstance(source, TeamHubSource):
+        filters = [
+            f"{k}={v}"
+            for k in ("project", "operation", "target")
+            if (v := getattr(source, k)) is not None
+        ]
+        only = f", only {' '.join(filters)}" if filters else ""
+        return f"{head}, {tail}, live events {source.live_events}{only}"
+    auth = "static token" if source.token is not None else f"OAuth2 via {source.token_url}"
+    children = " (with child events)" if source.include_child_events else ""
+    return f"{head}, event codes {', '.join(source.event_codes)}{children}, {auth}, {tail}"
+
 
 # --- subscriptions -------------------------------------------------------------------
 
@@ -301,7 +395,15 @@ class ConfigError(Exception):
 
 
 SECRET_KEYS = frozenset(
-    {"password", "secret", "previous_secrets", "token", "client_secret", "account_key"}
+    {
+        "password",
+        "secret",
+        "previous_secrets",
+        "token",
+        "client_secret",
+        "account_key",
+        "company_key",
+    }
 )
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

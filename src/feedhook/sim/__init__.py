@@ -5,6 +5,8 @@ Used by `feedhook demo`, the tests and the benchmarks: real aiohttp servers on l
 
 from feedhook.sim.bebanjo import SimFeed
 from feedhook.sim.faults import Fault
+from feedhook.sim.modulo import SimModulo
 from feedhook.sim.receiver import Receiver
+from feedhook.sim.teamhub import SimTeamHub
 
-__all__ = ["Fault", "Receiver", "SimFeed"]
+__all__ = ["Fault", "Receiver", "SimFeed", "SimModulo", "SimTeamHub"]

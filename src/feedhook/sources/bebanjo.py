@@ -160,7 +160,7 @@ def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Env
 # --- the source ----------------------------------------------------------------------
 
 
-class BebanjoSource:
+class BebanjoFeed:
     """One Sequence or Movida account's event feed."""
 
     def __init__(self, name: str, config: SequenceSource | MovidaSource) -> None:

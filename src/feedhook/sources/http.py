@@ -26,6 +26,14 @@ RATE_LIMIT_RETRIES = 5
 EPOCH_THRESHOLD = 1e9  # a "seconds to wait" this large is really a Unix timestamp
 
 
+class HttpStatusError(FeedError):
+    """The upstream answered, but not with a 2xx."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RequestBudget:
     """At most `requests` requests in any sliding window of `per` seconds."""
 
@@ -55,7 +63,7 @@ class Response:
 
 
 class FeedClient:
-    """GETs against one upstream, within its budget; one per source."""
+    """Requests to one upstream, within its budget; one per source."""
 
     def __init__(
         self,
@@ -70,13 +78,27 @@ class FeedClient:
         self.timeout = timeout
 
     async def get(
-        self, url: str, params: Mapping[str, str] | None = None, accept: str = "*/*"
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        accept: str = "*/*",
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         """A 2xx response, or FeedError. A 429 is waited out, up to a bound."""
+        return await self.request("GET", url, params, {"Accept": accept, **(headers or {})})
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+    ) -> Response:
         shown = redact_url(url)
         for _ in range(RATE_LIMIT_RETRIES):
             await self.budget.acquire()
-            response = await self._get_once(url, shown, params, accept)
+            response = await self._once(method, url, shown, params, headers, form)
             if response.status != 429:
                 return self._check(response, shown)
         raise FeedError(
@@ -84,14 +106,22 @@ class FeedClient:
             "lower this source's rate_limit or check what else uses the same API user"
         )
 
-    async def _get_once(
-        self, url: str, shown: str, params: Mapping[str, str] | None, accept: str
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        shown: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        form: Mapping[str, str] | None,
     ) -> Response:
         try:
-            async with self.session.get(
+            async with self.session.request(
+                method,
                 url,
                 params=params,
-                headers={"Accept": accept},
+                headers=headers,
+                data=form,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
@@ -152,7 +182,9 @@ class FeedClient:
         }.get(status, "the upstream is failing; feedhook will keep retrying")
         if 300 <= status < 400:
             hint = "redirects are not followed; set the final URL in the config"
-        raise FeedError(f"{shown}: HTTP {status} ({hint}){': ' + excerpt if excerpt else ''}")
+        raise HttpStatusError(
+            status, f"{shown}: HTTP {status} ({hint}){': ' + excerpt if excerpt else ''}"
+        )
 
 
 async def _read_capped(response: aiohttp.ClientResponse, shown: str) -> bytes:

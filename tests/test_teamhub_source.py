@@ -1,0 +1,220 @@
+"""Helix TeamHub: newest-first offset paging, the high-water cursor, live events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from feedhook import clock
+from feedhook.config import parse_config
+from feedhook.sim import Fault, SimTeamHub
+from feedhook.sources import FeedError, TeamHubFeed
+from feedhook.sources.teamhub import normalize
+
+from conftest import FIXTURES, teamhub_source
+
+API = "https://helixteamhub.cloud/api"
+
+
+async def opened(sim: SimTeamHub, **overrides: Any) -> TeamHubFeed:
+    config = parse_config({"sources": {"th": teamhub_source(sim, **overrides)}}, "t", env={})
+    feed = TeamHubFeed("th", config.sources["th"])  # type: ignore[arg-type]
+    await feed.open()
+    return feed
+
+
+def test_seed_examples_become_envelopes() -> None:
+    """The page's example events: type from target and operation, subject from objects."""
+    document = json.loads((FIXTURES / "teamhub-events.json").read_text())
+    push = normalize("th", API, document["results"][0], document["results"][0]["id"]).to_dict()
+    assert push["id"] == "th:50883cfe1229c02952000036"
+    assert push["type"] == "teamhub.push.created"
+    assert push["subject"] == "luotsi/devrel"
+    assert push["time"] == "2012-10-24T19:09:50Z"
+    assert push["source"] == API
+    data = push["data"]
+    assert data["subject"] == "assimov" and data["progress"] == 100
+    assert data["objects"]["last_commit"] == "393fe81b0f6c39f3006f748f5b16cdddcbe01c80"
+    assert data["native"] == document["results"][0]
+    one = json.loads((FIXTURES / "teamhub-event.json").read_text())
+    repo = normalize("th", API, one, one["id"]).to_dict()
+    assert repo["type"] == "teamhub.repository.created" and repo["subject"] == "luotsi/devrel"
+    project_user = dict(one, target="project_user", objects={"project": {"id": "luotsi"}})
+    assert normalize("th", API, project_user, "x").subject == "luotsi"
+
+
+async def test_header_auth_and_paging_oldest_first(teamhub: SimTeamHub) -> None:
+    """All events arrive oldest first across pages; keys go in the Authorization header."""
+    teamhub.add_events(250)
+    feed = await opened(teamhub, page_size=100)
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+        assert [uid for uid, _ in page.events] == [e["id"] for e in teamhub.events]
+        again = await feed.fetch(page.cursor)
+        assert again.events == []
+    finally:
+        await feed.close()
+    assert teamhub.requests[0].startswith("/api/events?limit=100&offset=0")
+
+
+async def test_new_arrivals_while_paging_are_neither_missed_nor_doubled(
+    teamhub: SimTeamHub,
+) -> None:
+    """Events arriving between page requests shift offsets: each one still arrives once."""
+    teamhub.add_events(230)
+    feed = await opened(teamhub, page_size=50)
+    arrived: list[int] = []
+
+    def arrive(offset: int) -> None:
+        if len(arrived) < 6:  # seven new events land after each of the first six pages
+            arrived.append(offset)
+            teamhub.add_events(7)
+
+    teamhub.after_page = arrive
+    try:
+        cursor = await feed.initial_cursor()
+        delivered: list[str] = []
+        for _ in range(4):
+            page = await feed.fetch(cursor)
+            delivered += [uid for uid, _ in page.events]
+            cursor = page.cursor
+        teamhub.after_page = None
+        page = await feed.fetch(cursor)
+        delivered += [uid for uid, _ in page.events]
+    finally:
+        await feed.close()
+    assert len(teamhub.events) == 230 + 42 and 50 in arrived  # some landed mid-scan
+    assert sorted(delivered) == sorted(e["id"] for e in teamhub.events)
+    assert len(delivered) == len(set(delivered))
+
+
+async def test_same_second_events_are_told_apart(teamhub: SimTeamHub) -> None:
+    """Timestamps have one-second resolution: the cursor keeps the ids at its instant."""
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    teamhub.add_events(3, at=moment)
+    feed = await opened(teamhub)
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+        assert len(page.events) == 3
+        teamhub.add_events(2, at=moment)  # same second, later
+        page = await feed.fetch(page.cursor)
+        assert len(page.events) == 2
+    finally:
+        await feed.close()
+
+
+async def test_start_latest_skips_history(teamhub: SimTeamHub) -> None:
+    """`start: latest` begins after the newest event."""
+    teamhub.add_events(40, at=datetime.now(UTC) - timedelta(minutes=5))
+    feed = await opened(teamhub, start="latest")
+    try:
+        cursor = await feed.initial_cursor()
+        assert (await feed.fetch(cursor)).events == []
+        new = teamhub.add_events(2)
+        page = await feed.fetch(cursor)
+    finally:
+        await feed.close()
+    assert [uid for uid, _ in page.events] == [e["id"] for e in new]
+
+
+async def test_filters_are_sent(teamhub: SimTeamHub) -> None:
+    """project, operation and target become query filters."""
+    teamhub.add_events(3, target="build", operation="failed")
+    teamhub.add_events(3, target="push")
+    feed = await opened(teamhub, project="luotsi", target="build", operation="failed")
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+    finally:
+        await feed.close()
+    assert {env.type for _, env in page.events} == {"teamhub.build.failed"}
+    assert "project=luotsi" in teamhub.requests[0] and "target=build" in teamhub.requests[0]
+
+
+async def test_live_build_on_complete(teamhub: SimTeamHub) -> None:
+    """A build at 40% is held (across a cursor round trip) and emitted once, at 100%."""
+    (build,) = teamhub.add_events(1, target="build", operation="created", progress=40)
+    feed = await opened(teamhub)
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+        assert page.events == []
+        assert build["id"] in json.loads(page.cursor)["held"]
+        page = await feed.fetch(page.cursor)
+        assert page.events == []
+        teamhub.update_progress(build["id"], 100, operation="completed")
+        page = await feed.fetch(page.cursor)
+        assert [(uid, env.type) for uid, env in page.events] == [
+            (build["id"], "teamhub.build.completed")
+        ]
+        assert json.loads(page.cursor)["held"] == {}
+        assert (await feed.fetch(page.cursor)).events == []
+    finally:
+        await feed.close()
+
+
+async def test_live_build_each_update(teamhub: SimTeamHub) -> None:
+    """each_update emits every observed progress, ids suffixed with the progress."""
+    (build,) = teamhub.add_events(1, target="build", progress=40)
+    feed = await opened(teamhub, live_events="each_update")
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+        ids = [uid for uid, _ in page.events]
+        page = await feed.fetch(page.cursor)  # no change, nothing new
+        ids += [uid for uid, _ in page.events]
+        teamhub.update_progress(build["id"], 70)
+        page = await feed.fetch(page.cursor)
+        ids += [uid for uid, _ in page.events]
+        teamhub.update_progress(build["id"], 100, operation="completed")
+        page = await feed.fetch(page.cursor)
+        ids += [uid for uid, _ in page.events]
+    finally:
+        await feed.close()
+    assert ids == [f"{build['id']}:40", f"{build['id']}:70", f"{build['id']}:100"]
+
+
+async def test_live_timeout_emits_with_live_flag(teamhub: SimTeamHub) -> None:
+    """A build that never completes is emitted after live_timeout, marked live."""
+    (build,) = teamhub.add_events(1, target="build", progress=10)
+    feed = await opened(teamhub, live_timeout="1h")
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+        assert page.events == []
+        clock.set_clock(lambda: datetime.now(UTC).timestamp() + 3601)
+        page = await feed.fetch(page.cursor)
+    finally:
+        clock.set_clock(None)
+        await feed.close()
+    (envelope,) = [env for _, env in page.events]
+    assert envelope.id == f"th:{build['id']}" and envelope.data["live"] is True
+    assert envelope.data["progress"] == 10
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault.ERROR_500, "HTTP 500"),
+        (Fault.HTML, "answered HTML instead of JSON"),
+        (Fault.TRUNCATED, "JSON is invalid or truncated"),
+        (Fault.BILLION_LAUGHS, "JSON is invalid or truncated"),
+        (Fault.UNAUTHORIZED, "HTTP 401"),
+    ],
+)
+async def test_faults_are_clear_and_keys_stay_secret(
+    teamhub: SimTeamHub, fault: Fault, message: str
+) -> None:
+    """Each fault is a FeedError naming the URL; the keys never appear."""
+    teamhub.company_key = "company-sentinel"
+    teamhub.account_key = "account-sentinel"
+    teamhub.add_events(3)
+    feed = await opened(teamhub)
+    try:
+        teamhub.inject(fault)
+        with pytest.raises(FeedError) as info:
+            await feed.fetch(await feed.initial_cursor())
+        assert message in str(info.value) and teamhub.api_url in str(info.value)
+        assert "sentinel" not in str(info.value)
+        assert len((await feed.fetch(await feed.initial_cursor())).events) == 3
+    finally:
+        await feed.close()
