@@ -232,3 +232,24 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     """A config that is not there says how to point at one."""
     assert main(["check", "-c", str(tmp_path / "nope.yaml")]) == 2
     assert "file not found (pass -c FILE or set FEEDHOOK_CONFIG)" in capsys.readouterr().err
+
+
+def test_the_example_config_is_valid(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hooks.example.yaml, which documents every key, passes `feedhook check`."""
+    for name in (
+        "SEQUENCE_PASSWORD",
+        "MOVIDA_PASSWORD",
+        "TEAMHUB_COMPANY_KEY",
+        "TEAMHUB_ACCOUNT_KEY",
+        "MODULO_CLIENT_SECRET",
+    ):
+        monkeypatch.setenv(name, "sentinel-value")
+    monkeypatch.setenv("OPS_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    example = Path(__file__).parent.parent / "hooks.example.yaml"
+    assert main(["check", "-c", str(example)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("sequence", "movida", "teamhub", "modulo"):
+        assert f": {kind} at " in out
+    assert "sentinel-value" not in out
