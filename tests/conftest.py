@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,11 +118,14 @@ class Cli:
         self.dir = tmp_path
         self.config = tmp_path / "hooks.yaml"
         self.db = tmp_path / "feedhook.db"
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.env = {
             **os.environ,
             "FEEDHOOK_DB": str(self.db),
             "FEEDHOOK_CONFIG": str(self.config),
             "FEEDHOOK_LOG_FORMAT": "json",
+            "FEEDHOOK_ADMIN_PORT": str(self.admin_port),
         }
 
     def write_config(self, raw: dict[str, Any]) -> Path:
@@ -144,6 +148,12 @@ class Cli:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

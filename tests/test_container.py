@@ -20,7 +20,7 @@ import yaml
 
 from feedhook.sim import Receiver, SimFeed
 
-from conftest import eventually, source, subscription
+from conftest import eventually, free_port, source, subscription
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -70,6 +70,7 @@ async def test_container_command_line_runs(
                 env[name] = val.replace("/data", str(tmp_path / "data")).replace(
                     "/etc/feedhook", str(tmp_path / "etc")
                 )
+    env["FEEDHOOK_ADMIN_PORT"] = str(free_port())
     (tmp_path / "data").mkdir()
     (tmp_path / "etc").mkdir()
     sequence_feed.add_events(5)

@@ -34,8 +34,9 @@ async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def test_ingest_is_idempotent_per_upstream_id(store: SqliteStore) -> None:
     """Re-reading a page never creates a second event or a second delivery."""
-    assert await store.ingest("seq", [item(1, ("a", "b")), item(2)], "2") == 2
-    assert await store.ingest("seq", [item(2), item(3)], "3") == 1
+    assert len(await store.ingest("seq", [item(1, ("a", "b")), item(2)], "2")) == 2
+    fresh = await store.ingest("seq", [item(2), item(3)], "3")
+    assert [i.upstream_id for i in fresh] == ["3"]
     assert await store.get_cursor("seq") == "3"
     status = await store.status()
     assert status.subscriptions["a"].pending == 3
@@ -54,7 +55,7 @@ async def test_ingest_is_one_transaction(store: SqliteStore) -> None:
         await store.ingest("seq", [item(2, Boom(("a",)))], "2")
     assert await store.get_cursor("seq") == "1"
     assert (await store.status()).subscriptions["a"].pending == 1
-    assert await store.ingest("seq", [item(2)], "2") == 1  # the connection is still usable
+    assert len(await store.ingest("seq", [item(2)], "2")) == 1  # the connection still works
 
 
 async def test_claim_complete_and_recover(store: SqliteStore) -> None:
@@ -179,3 +180,66 @@ async def test_replay_events_on_purpose(store: SqliteStore) -> None:
     assert (counts["a"].pending, counts["a"].in_flight, counts["b"].pending) == (2, 2, 3)
     assert await store.replay_events("b", 5.0, envelope_ids=["seq:4"]) == 1
     assert await store.replay_events("b", 5.0, since=1e12) == 0
+
+
+def truth(path: Path) -> dict[tuple[str, str], int]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT subscription, state, count(*) FROM deliveries GROUP BY 1, 2"
+            " UNION ALL SELECT subscription, 'dead_letter', count(*) FROM dead_letters GROUP BY 1"
+        ).fetchall()
+    return {(s, st): n for s, st, n in rows}
+
+
+def counted(counts: dict) -> dict[tuple[str, str], int]:  # type: ignore[type-arg]
+    states = ("pending", "in_flight", "delivered", "dead", "dead_letter")
+    return {
+        (name, state): getattr(c, state)
+        for name, c in counts.items()
+        for state in states
+        if getattr(c, state)
+    }
+
+
+async def test_trigger_counts_match_the_rows(tmp_path: Path) -> None:
+    """The per-subscription counts kept by triggers equal a full count at every step."""
+    path = tmp_path / "c.db"
+    async with SqliteStore(path) as store:
+        await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 21)], "20")
+        assert counted(await store.counts()) == truth(path)
+        claimed = await store.claim_due("a", 1e12, 15)
+        assert counted(await store.counts()) == truth(path)
+        await store.complete(
+            [Outcome(d.id, "delivered", 1, at=1.0) for d in claimed[:5]]
+            + [Outcome(d.id, "dead", 1, at=1.0, reason="x") for d in claimed[5:10]]
+            + [Outcome(d.id, "retry", 1, at=1.0, next_attempt_at=0) for d in claimed[10:]]
+        )
+        assert counted(await store.counts()) == truth(path)
+        letters = await store.list_dead()
+        await store.replay_dead([letters[0].id], None, 2.0)
+        await store.purge_dead([letters[1].id], None)
+        await store.replay_events("c", 3.0, source="seq")
+        await store.replay_events("a", 3.0, envelope_ids=["seq:9"])
+        assert counted(await store.counts()) == truth(path)
+        assert (await store.counts())["a"].dead_letter == 2
+
+
+async def test_migration_backfills_counts(tmp_path: Path) -> None:
+    """A database from schema version 1 gains the counts of the rows it already has."""
+    from feedhook.store import sqlite as module
+
+    path = tmp_path / "old.db"
+    original = module.MIGRATIONS
+    module.MIGRATIONS = original[:1]
+    module.SCHEMA_VERSION = 1
+    try:
+        async with SqliteStore(path) as store:
+            await store.ingest("seq", [item(n, ("a",)) for n in range(1, 6)], "5")
+            claimed = await store.claim_due("a", 1e12, 2)
+            await store.complete([Outcome(claimed[0].id, "dead", 1, at=1.0, reason="x")])
+    finally:
+        module.MIGRATIONS = original
+        module.SCHEMA_VERSION = len(original)
+    async with SqliteStore(path) as store:
+        counts = (await store.counts())["a"]
+    assert (counts.pending, counts.in_flight, counts.dead, counts.dead_letter) == (3, 1, 1, 1)

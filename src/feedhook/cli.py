@@ -22,6 +22,7 @@ from feedhook.config import (
     parse_duration,
     redact_url,
 )
+from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings
 from feedhook.store import SqliteStore, Status
 from feedhook.store.sqlite import StoreError
@@ -157,21 +158,30 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from feedhook.app import Worker, stop_on_signals
+    from feedhook.admin import AdminError, AdminServer, Runtime
+    from feedhook.app import Worker, signal_handlers
 
-    config = _load(args, settings)
+    path = _config_path(args, settings)
+    config = load_config(path)
 
     async def run() -> int:
-        async with SqliteStore(settings.db) as store:
-            worker = Worker(config, store, grace=args.grace)
-            with stop_on_signals(worker):
-                await worker.run()
+        runtime = Runtime()
+        admin = AdminServer(runtime, settings)
+        await admin.start()  # health answers while the store opens; readiness waits
+        try:
+            async with SqliteStore(settings.db) as store:
+                worker = Worker(config, store, grace=args.grace, config_path=path)
+                runtime.worker = worker
+                with signal_handlers(worker):
+                    await worker.run()
+        finally:
+            await admin.stop()
         return EXIT_OK
 
     try:
         return _run_async(run())
-    except* StoreError as stored:
-        for exc in stored.exceptions:
+    except* (StoreError, AdminError) as known:
+        for exc in known.exceptions:
             print(f"feedhook: {exc}", file=sys.stderr)
     except* Exception as failed:
         for error in failed.exceptions:
@@ -216,11 +226,11 @@ def _open_existing(settings: Settings) -> SqliteStore:
     return SqliteStore(settings.db)
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
+def _when(iso: str | None) -> str:
+    if iso is None:
         return "never"
-    moment = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{moment}Z ({_ago(time.time() - ts)} ago)"
+    moment = datetime.fromisoformat(iso)
+    return f"{moment:%Y-%m-%d %H:%M:%S}Z ({_ago(time.time() - moment.timestamp())} ago)"
 
 
 def _ago(seconds: float) -> str:
@@ -229,31 +239,6 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def status_document(status: Status, config: Config | None) -> dict[str, Any]:
-    sources = sorted(set(status.sources) | set(config.sources if config else ()))
-    subs = sorted(set(status.subscriptions) | set(config.subscriptions if config else ()))
-    out: dict[str, Any] = {"sources": {}, "subscriptions": {}}
-    for name in sources:
-        state = status.sources.get(name)
-        out["sources"][name] = {
-            "configured": config is None or name in config.sources,
-            "cursor": state.cursor if state else None,
-            "last_poll_at": state.last_poll_at if state else None,
-            "last_success_at": state.last_success_at if state else None,
-            "last_error": state.last_error if state else None,
-            "last_error_at": state.last_error_at if state else None,
-        }
-    for name in subs:
-        counts = status.subscriptions.get(name)
-        out["subscriptions"][name] = {
-            "configured": config is None or name in config.subscriptions,
-            "pending": (counts.pending + counts.in_flight) if counts else 0,
-            "delivered": counts.delivered if counts else 0,
-            "dead": counts.dead if counts else 0,
-        }
-    return out
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -302,7 +287,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             if action == "list":
                 letters = await store.list_dead(args.subscription, args.limit, args.after)
                 if args.json:
-                    print(json.dumps([_dead_json(d) for d in letters], indent=2))
+                    print(json.dumps([dead_letter_document(d) for d in letters], indent=2))
                 elif not letters:
                     print("no dead letters")
                 else:
@@ -313,7 +298,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 if letter is None:
                     print(f"feedhook: no dead letter {args.id}", file=sys.stderr)
                     return EXIT_FAILURE
-                print(json.dumps(_dead_json(letter, with_event=True), indent=2))
+                print(json.dumps(dead_letter_document(letter, with_event=True), indent=2))
                 return EXIT_OK
             ids = args.ids or None
             if action == "replay":
@@ -338,23 +323,6 @@ def _print_dead(letters: Sequence[Any]) -> None:
         failed = datetime.fromtimestamp(d.failed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{d.id:>6}  {failed:<19}  {d.subscription:<16}  {d.envelope_id} {d.type}")
         print(f"{'':>6}  {'':<19}  {'':<16}  {d.reason}")
-
-
-def _dead_json(letter: Any, with_event: bool = False) -> dict[str, Any]:
-    out = {
-        "id": letter.id,
-        "subscription": letter.subscription,
-        "envelope_id": letter.envelope_id,
-        "type": letter.type,
-        "attempts": letter.attempts,
-        "status_code": letter.status_code,
-        "reason": letter.reason,
-        "response_body": letter.response_body,
-        "failed_at": datetime.fromtimestamp(letter.failed_at, UTC).isoformat(),
-    }
-    if with_event and letter.body is not None:
-        out["event"] = json.loads(letter.body)
-    return out
 
 
 def _since(value: str | None) -> float | None:

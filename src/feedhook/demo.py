@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from feedhook.app import Worker, stop_on_signals
+from feedhook.app import Worker, signal_handlers
 from feedhook.config import parse_config
 from feedhook.delivery.signing import Signer
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
@@ -150,7 +150,7 @@ async def run_demo(events: int, duration: float) -> int:
         async with SqliteStore(Path(tmp) / "demo.db") as store:
             worker = Worker(config, store, grace=2.0)
             run = asyncio.create_task(worker.run(), name="worker")
-            with stop_on_signals(worker):
+            with signal_handlers(worker):
                 for n in range(events):
                     upstreams.publish(n)
                     await asyncio.sleep(duration / events)

@@ -15,6 +15,7 @@ from feedhook.config import SubscriptionConfig
 from feedhook.delivery.policy import RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
+from feedhook.metrics import Metrics
 from feedhook.store.base import Delivery, Outcome, Store
 
 log = logging.getLogger("feedhook.delivery")
@@ -39,13 +40,16 @@ class Lane:
 
     @classmethod
     def build(cls, name: str, config: SubscriptionConfig) -> Lane:
+        lane = cls(name, config, Signer([]), RetryPolicy(()))
+        lane.reconfigure(config)
+        return lane
+
+    def reconfigure(self, config: SubscriptionConfig) -> None:
+        """A reloaded config: new url, secrets, limits; in-flight attempts keep counting."""
         secrets = [s.get_secret_value() for s in (config.secret, *config.previous_secrets) if s]
-        return cls(
-            name=name,
-            config=config,
-            signer=Signer(secrets),
-            policy=RetryPolicy(config.retry.schedule, config.retry.max_age),
-        )
+        self.config = config
+        self.signer = Signer(secrets)
+        self.policy = RetryPolicy(config.retry.schedule, config.retry.max_age)
 
 
 class Dispatcher:
@@ -55,15 +59,30 @@ class Dispatcher:
         subscriptions: Mapping[str, SubscriptionConfig],
         sender: Sender,
         grace: float = 8.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.sender = sender
         self.grace = grace
-        self.lanes = {name: Lane.build(name, sub) for name, sub in subscriptions.items()}
+        self.metrics = metrics or Metrics()
+        self.lanes: dict[str, Lane] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._sending: set[asyncio.Task[None]] = set()
         self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
+        self.reconfigure(subscriptions)
+
+    def reconfigure(self, subscriptions: Mapping[str, SubscriptionConfig]) -> None:
+        """Lanes for the subscriptions now configured. A removed subscription gets no new
+        attempts; its in-flight ones finish, its pending rows wait (visible in status)."""
+        for name, config in subscriptions.items():
+            if name in self.lanes:
+                self.lanes[name].reconfigure(config)
+            else:
+                self.lanes[name] = Lane.build(name, config)
+        for name in set(self.lanes) - set(subscriptions):
+            del self.lanes[name]
+        self._wake.set()
 
     def wake(self) -> None:
         """New work may be due (called after ingest and after each attempt)."""
@@ -87,7 +106,7 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             now = clock.now()
-            for lane in self.lanes.values():
+            for lane in list(self.lanes.values()):
                 if lane.room > 0:
                     for delivery in await self.store.claim_due(lane.name, now, lane.room):
                         self._start(lane, delivery)
@@ -138,6 +157,11 @@ class Dispatcher:
                     response_body=result.body if decision.kind == "dead" else None,
                 )
             )
+            metrics = self.metrics
+            metrics.deliveries.labels(lane.name, decision.kind).inc()
+            metrics.attempt_seconds.labels(lane.name).observe(result.duration)
+            if decision.kind == "delivered":
+                metrics.delivery_latency.labels(lane.name).observe(now - delivery.ingested_at)
             fields = {
                 "subscription": lane.name,
                 "envelope_id": delivery.envelope_id,

@@ -11,7 +11,12 @@ from feedhook.envelope import Envelope
 
 class FeedError(Exception):
     """A page could not be read or understood. The poller retries it with backoff;
-    the message names the source, the URL (never credentials) and the cause."""
+    the message names the source, the URL (never credentials) and the cause.
+    `cause` is a short label for metrics (timeout, connect, http_503, invalid_json, ...)."""
+
+    def __init__(self, message: str, cause: str = "invalid_data") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)

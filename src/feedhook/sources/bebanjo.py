@@ -47,7 +47,9 @@ def parse_json_feed(body: bytes, where: str) -> list[RawEvent]:
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FeedError(f"{where}: the JSON is invalid or truncated ({exc})") from None
+        raise FeedError(
+            f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
+        ) from None
     entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise FeedError(f"{where}: expected a JSON object with an 'entries' list")
@@ -80,7 +82,8 @@ def parse_xml(body: bytes, where: str) -> Element:
     if head.startswith((b"<!doctype html", b"<html")):
         raise FeedError(
             f"{where}: answered HTML instead of XML (a login or error page?); "
-            "check the url of this source"
+            "check the url of this source",
+            cause="html",
         )
     try:
         return fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
@@ -88,10 +91,13 @@ def parse_xml(body: bytes, where: str) -> Element:
         raise FeedError(
             f"{where}: refused an XML document with a DTD or entity declarations "
             f"({type(exc).__name__}); BeBanjo feeds never contain them, so this is "
-            "an attack or a proxy answering instead of the API"
+            "an attack or a proxy answering instead of the API",
+            cause="hostile_xml",
         ) from None
     except ParseError as exc:
-        raise FeedError(f"{where}: the XML is invalid or truncated ({exc})") from None
+        raise FeedError(
+            f"{where}: the XML is invalid or truncated ({exc})", cause="invalid_xml"
+        ) from None
 
 
 def parse_xml_feed(body: bytes, where: str) -> list[RawEvent]:
@@ -234,7 +240,8 @@ class BebanjoFeed:
             if "html" in response.content_type:
                 raise FeedError(
                     f"{where}: answered HTML instead of JSON (a login or error page?); "
-                    "check the url of this source"
+                    "check the url of this source",
+                    cause="html",
                 )
             events = parse_json_feed(response.body, where)
         else:

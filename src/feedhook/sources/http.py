@@ -30,7 +30,7 @@ class HttpStatusError(FeedError):
     """The upstream answered, but not with a 2xx."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, cause=f"http_{status}")
         self.status = status
 
 
@@ -103,7 +103,8 @@ class FeedClient:
                 return self._check(response, shown)
         raise FeedError(
             f"{shown}: still rate limited (HTTP 429) after {RATE_LIMIT_RETRIES} waits; "
-            "lower this source's rate_limit or check what else uses the same API user"
+            "lower this source's rate_limit or check what else uses the same API user",
+            cause="rate_limited",
         )
 
     async def _once(
@@ -129,7 +130,8 @@ class FeedClient:
                 if declared is not None and declared > MAX_RESPONSE_BYTES:
                     raise FeedError(
                         f"{shown}: response of {declared} bytes is larger than the "
-                        f"{MAX_RESPONSE_BYTES} byte limit"
+                        f"{MAX_RESPONSE_BYTES} byte limit",
+                        cause="too_large",
                     )
                 body = await _read_capped(response, shown)
                 if response.status == 429:
@@ -143,15 +145,21 @@ class FeedClient:
         except FeedError:
             raise
         except TimeoutError:
-            raise FeedError(f"{shown}: no complete answer within {self.timeout:g}s") from None
+            raise FeedError(
+                f"{shown}: no complete answer within {self.timeout:g}s", cause="timeout"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise FeedError(f"{shown}: cannot connect: {exc.os_error or exc}") from None
+            raise FeedError(
+                f"{shown}: cannot connect: {exc.os_error or exc}", cause="connect"
+            ) from None
         except aiohttp.ClientPayloadError:
-            raise FeedError(f"{shown}: the response body was cut off (truncated)") from None
+            raise FeedError(
+                f"{shown}: the response body was cut off (truncated)", cause="truncated"
+            ) from None
         except aiohttp.ClientError as exc:
             raise FeedError(f"{shown}: {type(exc).__name__}: {exc}") from None
         except ValueError as exc:  # e.g. a discovered link that is not a URL
-            raise FeedError(f"{shown}: cannot request this URL: {exc}") from None
+            raise FeedError(f"{shown}: cannot request this URL: {exc}", cause="bad_url") from None
 
     async def _wait_rate_limit(self, response: aiohttp.ClientResponse, shown: str) -> None:
         reset = response.headers.get("Ratelimit-Reset")
@@ -192,5 +200,8 @@ async def _read_capped(response: aiohttp.ClientResponse, shown: str) -> bytes:
     async for chunk in response.content.iter_chunked(65536):
         body += chunk
         if len(body) > MAX_RESPONSE_BYTES:
-            raise FeedError(f"{shown}: response larger than the {MAX_RESPONSE_BYTES} byte limit")
+            raise FeedError(
+                f"{shown}: response larger than the {MAX_RESPONSE_BYTES} byte limit",
+                cause="too_large",
+            )
     return bytes(body)

@@ -283,11 +283,16 @@ class ModuloFeed:
         if response.status == 204 or not response.body.strip():
             return []
         if "html" in response.content_type:
-            raise FeedError(f"{where}: answered HTML instead of JSON; check the url of this source")
+            raise FeedError(
+                f"{where}: answered HTML instead of JSON; check the url of this source",
+                cause="html",
+            )
         try:
             updates = json.loads(response.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FeedError(f"{where}: the JSON is invalid or truncated ({exc})") from None
+            raise FeedError(
+                f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
+            ) from None
         if not isinstance(updates, list) or not all(isinstance(u, dict) for u in updates):
             raise FeedError(f"{where}: expected a JSON list of event updates")
         return updates

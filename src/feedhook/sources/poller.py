@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import backoff
 
 from feedhook import clock
+from feedhook.metrics import Metrics
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.store.base import IngestItem, Store
@@ -19,6 +23,38 @@ log = logging.getLogger("feedhook.source")
 T = TypeVar("T")
 
 
+# A source that keeps failing this long counts as failing (not merely retrying).
+FAILING_AFTER_POLLS = 3
+FAILING_AFTER_SECONDS = 300.0
+
+
+@dataclass
+class SourceHealth:
+    """What the admin server and the metrics say about a source, kept by its poller."""
+
+    name: str
+    poll_interval: float
+    last_success_at: float | None = None
+    failing_since: float | None = None
+    last_error: str | None = None
+    newest_event_at: float | None = None
+
+    def state(self, now: float) -> str:
+        if self.failing_since is None:
+            return "ok" if self.last_success_at is not None else "starting"
+        limit = min(FAILING_AFTER_POLLS * self.poll_interval, FAILING_AFTER_SECONDS)
+        return "failing" if now - self.failing_since > limit else "retrying"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "state": self.state(now),
+            "last_success_at": self.last_success_at,
+            "failing_since": self.failing_since,
+            "last_error": self.last_error,
+            "newest_event_at": self.newest_event_at,
+        }
+
+
 class Poller:
     def __init__(
         self,
@@ -26,11 +62,14 @@ class Poller:
         store: Store,
         router: Callable[[], Router],
         on_ingest: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.router = router
         self.on_ingest = on_ingest
+        self.metrics = metrics or Metrics()
+        self.health = SourceHealth(source.name, source.poll_interval)
         retry = backoff.on_exception(
             backoff.expo,
             FeedError,
@@ -59,18 +98,33 @@ class Poller:
                 for upstream_id, envelope in page.events
             ]
             fresh = await self.store.ingest(name, items, page.cursor)
-            if fresh:
-                self.on_ingest()
-                log.debug(
-                    "%s: ingested %d events up to %s",
-                    name,
-                    fresh,
-                    page.cursor,
-                    extra={"source": name},
-                )
+            self._succeeded(page, fresh)
             cursor = page.cursor
             if not page.more:
                 await asyncio.sleep(self.source.poll_interval)
+
+    def _succeeded(self, page: Page, fresh: Sequence[IngestItem]) -> None:
+        health, name = self.health, self.source.name
+        health.last_success_at = clock.now()
+        if health.failing_since is not None:
+            log.info("%s: the feed answers again", name, extra={"source": name})
+        health.failing_since = health.last_error = None
+        self.metrics.polls.labels(name).inc()
+        if page.events:
+            newest = max(datetime.fromisoformat(e.time).timestamp() for _, e in page.events)
+            health.newest_event_at = max(newest, health.newest_event_at or newest)
+        if fresh:
+            self.on_ingest()
+            types = Counter(item.envelope.type for item in fresh)
+            for type_, count in types.items():
+                self.metrics.events_ingested.labels(name, type_).inc(count)
+            log.debug(
+                "%s: ingested %d events up to %s",
+                name,
+                len(fresh),
+                page.cursor,
+                extra={"source": name},
+            )
 
     def _guarded(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         """A bug in parsing one odd page must not stop every other source: it is logged
@@ -83,7 +137,9 @@ class Poller:
                 raise
             except Exception as exc:
                 log.exception("%s: unexpected error reading the feed", self.source.name)
-                raise FeedError(f"unexpected {type(exc).__name__}: {exc}") from exc
+                raise FeedError(
+                    f"unexpected {type(exc).__name__}: {exc}", cause="unexpected"
+                ) from exc
 
         return guarded
 
@@ -91,6 +147,11 @@ class Poller:
         exc = details.get("exception")
         message = str(exc) if exc is not None else "unknown error"
         name = self.source.name
+        now = clock.now()
+        self.health.failing_since = self.health.failing_since or now
+        self.health.last_error = message
+        cause = exc.cause if isinstance(exc, FeedError) else "unexpected"
+        self.metrics.poll_errors.labels(name, cause).inc()
         log.warning(
             "%s: %s (failure %d; retrying in %.1fs)",
             name,
@@ -99,4 +160,4 @@ class Poller:
             details["wait"],
             extra={"source": name},
         )
-        await self.store.record_poll_error(name, clock.now(), message)
+        await self.store.record_poll_error(name, now, message)

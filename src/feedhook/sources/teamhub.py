@@ -181,12 +181,15 @@ class TeamHubFeed:
         if "html" in response.content_type:
             raise FeedError(
                 f"{where}: answered HTML instead of JSON (a login or error page?); "
-                "check the url of this source"
+                "check the url of this source",
+                cause="html",
             )
         try:
             return json.loads(response.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FeedError(f"{where}: the JSON is invalid or truncated ({exc})") from None
+            raise FeedError(
+                f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
+            ) from None
 
     async def read_page(self, offset: int) -> tuple[list[dict[str, Any]], int | None]:
         """One page, newest first, and the offset of the next one (None at the end)."""

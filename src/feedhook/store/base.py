@@ -74,10 +74,13 @@ class SourceState:
 
 @dataclass(slots=True)
 class SubscriptionCounts:
+    """Deliveries by state, and the dead letters waiting in the dead-letter table."""
+
     pending: int = 0
     in_flight: int = 0
     delivered: int = 0
     dead: int = 0
+    dead_letter: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ class Store(Protocol):
 
     # sources
     async def get_cursor(self, source: str) -> str | None: ...
-    async def ingest(self, source: str, items: Sequence[IngestItem], cursor: str) -> int: ...
+    async def ingest(
+        self, source: str, items: Sequence[IngestItem], cursor: str
+    ) -> Sequence[IngestItem]: ...
     async def record_poll_error(self, source: str, at: float, error: str) -> None: ...
 
     # deliveries
@@ -103,6 +108,7 @@ class Store(Protocol):
 
     # operations
     async def status(self) -> Status: ...
+    async def counts(self) -> dict[str, SubscriptionCounts]: ...
     async def list_dead(
         self, subscription: str | None = None, limit: int = 100, after: int = 0
     ) -> list[DeadLetter]: ...

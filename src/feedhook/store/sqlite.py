@@ -8,6 +8,7 @@ transaction. Explicit BEGIN/COMMIT; any failure or cancellation rolls back.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,6 +78,43 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT,
         last_error_at REAL
     );
+    """,
+    # Per-subscription counts kept by triggers, so status and metrics never scan.
+    """
+    CREATE TABLE delivery_counts (
+        subscription TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (subscription, state)
+    ) WITHOUT ROWID;
+    INSERT INTO delivery_counts (subscription, state, n)
+        SELECT subscription, state, count(*) FROM deliveries GROUP BY subscription, state;
+    INSERT INTO delivery_counts (subscription, state, n)
+        SELECT subscription, 'dead_letter', count(*) FROM dead_letters GROUP BY subscription;
+    CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+        INSERT INTO delivery_counts (subscription, state, n) VALUES (NEW.subscription, NEW.state, 1)
+            ON CONFLICT (subscription, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF state ON deliveries
+        WHEN OLD.state != NEW.state BEGIN
+        UPDATE delivery_counts SET n = n - 1
+            WHERE subscription = OLD.subscription AND state = OLD.state;
+        INSERT INTO delivery_counts (subscription, state, n) VALUES (NEW.subscription, NEW.state, 1)
+            ON CONFLICT (subscription, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE delivery_counts SET n = n - 1
+            WHERE subscription = OLD.subscription AND state = OLD.state;
+    END;
+    CREATE TRIGGER dead_letters_counted_insert AFTER INSERT ON dead_letters BEGIN
+        INSERT INTO delivery_counts (subscription, state, n)
+            VALUES (NEW.subscription, 'dead_letter', 1)
+            ON CONFLICT (subscription, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER dead_letters_counted_delete AFTER DELETE ON dead_letters BEGIN
+        UPDATE delivery_counts SET n = n - 1
+            WHERE subscription = OLD.subscription AND state = 'dead_letter';
+    END;
     """,
 )
 
@@ -163,8 +201,11 @@ class SqliteStore:
         row = await self._one(self.db, "SELECT cursor FROM sources WHERE name = ?", (source,))
         return None if row is None else row[0]
 
-    async def ingest(self, source: str, items: Sequence[IngestItem], cursor: str) -> int:
-        """Write a page's new events, their deliveries and the cursor in one transaction."""
+    async def ingest(
+        self, source: str, items: Sequence[IngestItem], cursor: str
+    ) -> list[IngestItem]:
+        """Write a page's new events, their deliveries and the cursor in one transaction;
+        return the items that were new (the others were already stored)."""
         now = clock.now()
         async with self._transaction() as db:
             fresh: list[IngestItem] = []
@@ -225,7 +266,7 @@ class SqliteStore:
                 " last_error_at = NULL",
                 (source, cursor, now, now, now),
             )
-        return len(fresh)
+        return fresh
 
     async def record_poll_error(self, source: str, at: float, error: str) -> None:
         async with self._transaction() as db:
@@ -354,12 +395,16 @@ class SqliteStore:
                 " last_error, last_error_at FROM sources ORDER BY name"
             )
         }
-        subscriptions: dict[str, SubscriptionCounts] = {}
-        for name, state, count in await self.db.execute_fetchall(
-            "SELECT subscription, state, count(*) FROM deliveries GROUP BY subscription, state"
+        return Status(sources=sources, subscriptions=await self.counts())
+
+    async def counts(self) -> dict[str, SubscriptionCounts]:
+        """Deliveries by state and dead letters, per subscription: a read of a tiny table."""
+        counts: dict[str, SubscriptionCounts] = {}
+        for name, state, n in await self.db.execute_fetchall(
+            "SELECT subscription, state, n FROM delivery_counts"
         ):
-            setattr(subscriptions.setdefault(name, SubscriptionCounts()), state, count)
-        return Status(sources=sources, subscriptions=subscriptions)
+            setattr(counts.setdefault(name, SubscriptionCounts()), state, n)
+        return counts
 
     _DEAD_COLUMNS = (
         "id, delivery_id, subscription, envelope_id, type, attempts, status_code, reason,"
@@ -472,4 +517,13 @@ class SqliteStore:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration into statements; trigger bodies keep their inner semicolons."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return statements

@@ -1,0 +1,257 @@
+"""The admin HTTP server inside `feedhook run`: health, readiness, metrics, and (with a
+token) status, dead letters and reload."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from feedhook import clock
+from feedhook.app import Worker
+from feedhook.report import dead_letter_document, status_document
+from feedhook.settings import Settings
+
+log = logging.getLogger("feedhook.admin")
+
+MAX_PAGE = 1000
+
+
+@dataclass
+class Runtime:
+    """What the admin server can see: nothing until the worker exists (not ready)."""
+
+    worker: Worker | None = None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+TOKEN = web.AppKey("token", str)
+
+
+class AdminError(Exception):
+    """The admin server cannot start."""
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.json_response(document, status=status, dumps=lambda d: json.dumps(d, indent=2))
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status=status)
+
+
+def _worker(request: web.Request) -> Worker:
+    worker = request.app[RUNTIME].worker
+    if worker is None:
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "starting: the store is not open yet"}),
+            content_type="application/json",
+        )
+    return worker
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def api_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """/api/* needs the bearer token; every failure answers JSON, never a traceback."""
+    if request.path.startswith("/api/"):
+        expected = request.app[TOKEN]
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+            return _error(401, "missing or wrong token: send Authorization: Bearer <token>")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("admin request %s %s failed", request.method, request.path)
+        return _error(500, "internal error; see the feedhook log")
+
+
+# --- health, readiness, metrics ------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    worker = request.app[RUNTIME].worker
+    if worker is not None and worker.running and not worker.alive():
+        return _json({"status": "unhealthy", "reason": "a worker task has stopped"}, 503)
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    worker = request.app[RUNTIME].worker
+    if worker is None or not worker.running:
+        return _json({"ready": False, "reason": "starting"}, 503)
+    now = clock.now()
+    sources = {name: health.to_json(now) for name, health in sorted(worker.health.items())}
+    failing = [name for name, s in sources.items() if s["state"] == "failing"]
+    return _json({"ready": True, "failing": failing, "sources": sources})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    m, now = worker.metrics, clock.now()
+    for name, counts in (await worker.store.counts()).items():
+        m.pending.labels(name).set(counts.pending + counts.in_flight)
+        m.dead_letters.labels(name).set(counts.dead_letter)
+    for name, health in worker.health.items():
+        if health.last_success_at is not None:
+            m.since_success.labels(name).set(now - health.last_success_at)
+        if health.newest_event_at is not None:
+            m.source_lag.labels(name).set(now - health.newest_event_at)
+    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# --- the API -------------------------------------------------------------------------
+
+
+def _int(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{key} must be a whole number from {low} to {high}"}),
+            content_type="application/json",
+        )
+    return value
+
+
+def _dead_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "a dead letter id is a whole number"}),
+            content_type="application/json",
+        ) from None
+
+
+async def api_status(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    status = await worker.store.status()
+    return _json(status_document(status, worker.config, worker.health, clock.now()))
+
+
+async def api_dead_letters(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    limit = _int(request, "limit", 100, 1, MAX_PAGE)
+    after = _int(request, "after", 0, 0, 2**62)
+    subscription = request.query.get("subscription") or None
+    letters = await worker.store.list_dead(subscription, limit, after)
+    return _json(
+        {
+            "dead_letters": [dead_letter_document(d) for d in letters],
+            "next_after": letters[-1].id if len(letters) == limit else None,
+        }
+    )
+
+
+async def api_dead_letter(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    letter = await worker.store.get_dead(_dead_id(request))
+    if letter is None:
+        return _error(404, f"no dead letter {request.match_info['id']}")
+    return _json(dead_letter_document(letter, with_event=True))
+
+
+async def api_replay_one(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    dead_id = _dead_id(request)
+    count = await worker.store.replay_dead([dead_id], None, clock.now())
+    if not count:
+        return _error(404, f"no dead letter {dead_id}")
+    _wake(worker)
+    return _json({"replayed": count})
+
+
+async def api_replay_bulk(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    subscription = request.query.get("subscription") or None
+    count = await worker.store.replay_dead(None, subscription, clock.now())
+    _wake(worker)
+    return _json({"replayed": count})
+
+
+async def api_purge_one(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    dead_id = _dead_id(request)
+    if not await worker.store.purge_dead([dead_id], None):
+        return _error(404, f"no dead letter {dead_id}")
+    return _json({"purged": 1})
+
+
+async def api_reload(request: web.Request) -> web.Response:
+    worker = _worker(request)
+    ok, lines = await worker.reload_from_file()
+    if not ok:
+        return _error(400, "invalid configuration; the running one stays", errors=lines)
+    return _json({"reloaded": True, "changes": lines})
+
+
+def _wake(worker: Worker) -> None:
+    if worker.dispatcher is not None:
+        worker.dispatcher.wake()
+
+
+def build_app(runtime: Runtime, token: str | None) -> web.Application:
+    app = web.Application(middlewares=[api_guard])
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if token:
+        app[TOKEN] = token
+        app.router.add_get("/api/status", api_status)
+        app.router.add_get("/api/dead-letters", api_dead_letters)
+        app.router.add_post("/api/dead-letters/replay", api_replay_bulk)
+        app.router.add_get("/api/dead-letters/{id}", api_dead_letter)
+        app.router.add_post("/api/dead-letters/{id}/replay", api_replay_one)
+        app.router.add_delete("/api/dead-letters/{id}", api_purge_one)
+        app.router.add_post("/api/reload", api_reload)
+    return app
+
+
+class AdminServer:
+    def __init__(self, runtime: Runtime, settings: Settings) -> None:
+        self.host = settings.admin_host
+        self.port = settings.admin_port
+        self.app = build_app(runtime, settings.admin_token)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AdminError(
+                f"the admin server cannot listen on {self.host}:{self.port} ({exc.strerror}); "
+                "set FEEDHOOK_ADMIN_HOST / FEEDHOOK_ADMIN_PORT"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        api = "with /api" if TOKEN in self.app else "no /api: FEEDHOOK_ADMIN_TOKEN is not set"
+        log.info("admin server on http://%s:%d (%s)", self.host, self.port, api)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,80 @@
+"""Prometheus metrics: what the worker counts as it goes, and what is read at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from feedhook import __version__
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    """One registry per worker, so tests and embedders can run several side by side."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.info = Gauge("feedhook_build_info", "feedhook version", ["version"], registry=registry)
+        self.info.labels(__version__).set(1)
+        self.events_ingested = Counter(
+            "feedhook_events_ingested",
+            "Events written to the outbox, by source and envelope type",
+            ["source", "type"],
+            registry=registry,
+        )
+        self.polls = Counter(
+            "feedhook_source_polls", "Pages read successfully", ["source"], registry=registry
+        )
+        self.poll_errors = Counter(
+            "feedhook_source_poll_errors",
+            "Failed reads of a feed, by cause (timeout, connect, http_503, invalid_json, ...)",
+            ["source", "cause"],
+            registry=registry,
+        )
+        self.source_lag = Gauge(
+            "feedhook_source_lag_seconds",
+            "Now minus the time of the newest event seen from the source",
+            ["source"],
+            registry=registry,
+        )
+        self.since_success = Gauge(
+            "feedhook_source_seconds_since_success",
+            "Seconds since the last successful read of the feed",
+            ["source"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "feedhook_deliveries",
+            "Delivery attempts by outcome: delivered, retry or dead",
+            ["subscription", "outcome"],
+            registry=registry,
+        )
+        self.attempt_seconds = Histogram(
+            "feedhook_delivery_attempt_seconds",
+            "Duration of one POST to a subscriber",
+            ["subscription"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "feedhook_delivery_latency_seconds",
+            "From ingest into the outbox to a 2xx from the subscriber",
+            ["subscription"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "feedhook_pending_deliveries",
+            "Deliveries waiting or in flight",
+            ["subscription"],
+            registry=registry,
+        )
+        self.dead_letters = Gauge(
+            "feedhook_dead_letters",
+            "Deliveries in the dead-letter table",
+            ["subscription"],
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,69 @@
+"""What status and dead letters look like to people and programs: the CLI's --json
+output and the admin API answer with the same documents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from feedhook.config import Config
+from feedhook.sources.poller import SourceHealth
+from feedhook.store.base import DeadLetter, Status
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def status_document(
+    status: Status,
+    config: Config | None,
+    health: Mapping[str, SourceHealth] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Per source: cursor, last poll, last error (and live state when running);
+    per subscription: pending, delivered, dead letters."""
+    sources = sorted(set(status.sources) | set(config.sources if config else ()))
+    subs = sorted(set(status.subscriptions) | set(config.subscriptions if config else ()))
+    out: dict[str, Any] = {"sources": {}, "subscriptions": {}}
+    for name in sources:
+        state = status.sources.get(name)
+        entry: dict[str, Any] = {
+            "configured": config is None or name in config.sources,
+            "cursor": state.cursor if state else None,
+            "last_poll_at": _iso(state.last_poll_at) if state else None,
+            "last_success_at": _iso(state.last_success_at) if state else None,
+            "last_error": state.last_error if state else None,
+            "last_error_at": _iso(state.last_error_at) if state else None,
+        }
+        if health is not None and name in health and now is not None:
+            entry["state"] = health[name].state(now)
+        out["sources"][name] = entry
+    for name in subs:
+        counts = status.subscriptions.get(name)
+        out["subscriptions"][name] = {
+            "configured": config is None or name in config.subscriptions,
+            "pending": (counts.pending + counts.in_flight) if counts else 0,
+            "delivered": counts.delivered if counts else 0,
+            "dead": counts.dead_letter if counts else 0,
+        }
+    return out
+
+
+def dead_letter_document(letter: DeadLetter, with_event: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": letter.id,
+        "subscription": letter.subscription,
+        "envelope_id": letter.envelope_id,
+        "type": letter.type,
+        "attempts": letter.attempts,
+        "status_code": letter.status_code,
+        "reason": letter.reason,
+        "response_body": letter.response_body,
+        "failed_at": _iso(letter.failed_at),
+    }
+    if with_event and letter.body is not None:
+        out["event"] = json.loads(letter.body)
+    return out
