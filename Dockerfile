@@ -19,6 +19,10 @@ ENV FEEDHOOK_DB=/data/feedhook.db \
     FEEDHOOK_LOG_FORMAT=json
 
 VOLUME ["/data"]
+EXPOSE 8080
 USER 10001
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["feedhook", "healthcheck"]
 ENTRYPOINT ["feedhook"]
 CMD ["run"]

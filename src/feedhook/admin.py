@@ -63,6 +63,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def api_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """/api/* needs the bearer token; every failure answers JSON, never a traceback."""
     if request.path.startswith("/api/"):
+        if TOKEN not in request.app:
+            return _error(404, "the admin API is off: set FEEDHOOK_ADMIN_TOKEN to enable it")
         expected = request.app[TOKEN]
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from feedhook import __version__
+from feedhook import __version__, logs
 from feedhook.config import Config, ConfigError, SourceConfig, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
@@ -148,6 +148,7 @@ class Worker:
                 ),
             }
             self.config = config
+            logs.redact.update(logs.redact.secrets + tuple(config.secret_values()))
             self.router = Router(config.subscriptions)
             if self.dispatcher is not None:
                 self.dispatcher.reconfigure(config.subscriptions)

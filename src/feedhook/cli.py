@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--all", action="store_true", help="every stored event that matches")
 
+    commands.add_parser(
+        "healthcheck", help="exit 0 if the admin server of a running feedhook answers /healthz"
+    )
+
     demo = commands.add_parser("demo", help="watch feedhook work against simulated feeds")
     demo.add_argument("--events", type=int, default=40, help="events to generate (default 40)")
     demo.add_argument(
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dlq": cmd_dlq,
         "replay": cmd_replay,
         "demo": cmd_demo,
+        "healthcheck": cmd_healthcheck,
         "send-test": cmd_send_test,
     }
     try:
@@ -163,6 +168,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     path = _config_path(args, settings)
     config = load_config(path)
+    logs.redact.update(config.secret_values() | {settings.admin_token or ""})
 
     async def run() -> int:
         runtime = Runtime()
@@ -372,6 +378,24 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     count = asyncio.run(act())
     print(f"queued {count} event(s) for {args.subscription}; a running feedhook delivers them now")
     return EXIT_OK
+
+
+def cmd_healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    """For container HEALTHCHECKs: slim images have no curl."""
+    import urllib.error
+    import urllib.request
+
+    host = settings.admin_host if settings.admin_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{host}:{settings.admin_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            print(f"{url}: HTTP {response.status}")
+            return EXIT_OK
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: HTTP {exc.code}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 # --- demo and send-test --------------------------------------------------------------

@@ -382,6 +382,35 @@ class Config(_Model):
     sources: dict[str, SourceConfig]
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
 
+    def secret_values(self) -> set[str]:
+        """Every secret in the config (passwords, keys, tokens, webhook secrets and the
+        password part of any URL), so logs can mask them whatever happens."""
+        found: set[str] = set()
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                found.add(value.get_secret_value())
+                if value.get_secret_value().startswith("whsec_"):
+                    found.add(value.get_secret_value().removeprefix("whsec_"))
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+                if isinstance(value, SubscriptionConfig):
+                    found.update(v for k, v in value.headers.items() if SENSITIVE_HEADER.search(k))
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, tuple | list):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, str) and "://" in value:
+                password = urlsplit(value).password
+                if password:
+                    found.add(password)
+
+        walk(self)
+        return found
+
 
 # --- loading -------------------------------------------------------------------------
 
@@ -405,6 +434,8 @@ SECRET_KEYS = frozenset(
         "company_key",
     }
 )
+
+SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie", re.I)
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

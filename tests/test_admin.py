@@ -1,0 +1,306 @@
+"""The admin server: health, readiness, metrics, the token-guarded API, live reload."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from feedhook.admin import AdminServer, Runtime
+from feedhook.app import Worker
+from feedhook.config import load_config
+from feedhook.settings import Settings
+from feedhook.sim import Fault, Receiver, SimFeed
+from feedhook.store import SqliteStore
+
+from conftest import eventually, free_port, source, subscription
+
+TOKEN = "admin-token-for-tests"
+
+
+class Admin:
+    def __init__(self, base: str, worker: Worker, config_path: Path) -> None:
+        self.base = base
+        self.worker = worker
+        self.config_path = config_path
+        self.session = aiohttp.ClientSession()
+
+    async def call(
+        self, method: str, path: str, token: str | None = TOKEN, **kw: Any
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.request(method, self.base + path, headers=headers, **kw) as r:
+            body = await r.json() if "json" in r.content_type else await r.text()
+            return r.status, body
+
+    async def metric(self, name: str, **labels: str) -> float:
+        _, text = await self.call("GET", "/metrics")
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+            if match and match.group(1) == name:
+                got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
+                if got == want:
+                    return float(match.group(3))
+        return 0.0
+
+
+@asynccontextmanager
+async def admin_for(
+    tmp_path: Path, raw: dict[str, Any], token: str | None = TOKEN
+) -> AsyncIterator[Admin]:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "hooks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    settings = Settings(admin_port=free_port(), admin_token=token)
+    runtime = Runtime()
+    server = AdminServer(runtime, settings)
+    await server.start()
+    async with SqliteStore(tmp_path / "f.db") as store:
+        worker = Worker(load_config(path), store, grace=2.0, config_path=path)
+        runtime.worker = worker
+        task = asyncio.create_task(worker.run())
+        admin = Admin(f"http://127.0.0.1:{server.port}", worker, path)
+        await eventually(lambda: worker.running, what="the worker")
+        try:
+            yield admin
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await admin.session.close()
+            await server.stop()
+
+
+def config(feed: SimFeed, receiver: Receiver, **subs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sources": {"seq": source(feed)},
+        "subscriptions": {n: subscription(receiver, n, **spec) for n, spec in subs.items()},
+    }
+
+
+async def test_not_ready_until_the_store_is_open() -> None:
+    """Before the worker exists: alive, not ready; the API answers JSON 503."""
+    runtime = Runtime()
+    server = AdminServer(runtime, Settings(admin_port=free_port(), admin_token=TOKEN))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{server.port}"
+            async with session.get(f"{base}/healthz") as r:
+                assert r.status == 200
+            async with session.get(f"{base}/readyz") as r:
+                assert r.status == 503 and (await r.json())["ready"] is False
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with session.get(f"{base}/api/status", headers=headers) as r:
+                assert r.status == 503 and "starting" in (await r.json())["error"]
+    finally:
+        await server.stop()
+
+
+async def test_health_readiness_and_a_failing_source(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """Ready with per-source state; a source failing longer than 3 polls shows as failing
+    while readiness stays 200."""
+    sequence_feed.add_events(3)
+    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+        assert (await admin.call("GET", "/healthz"))[0] == 200
+        await eventually(lambda: len(receiver.ok()) == 3)
+        status, body = await admin.call("GET", "/readyz")
+        assert status == 200 and body["sources"]["seq"]["state"] == "ok"
+        assert body["failing"] == []
+        sequence_feed.inject(Fault.ERROR_500, times=1000)
+
+        async def failing() -> bool:
+            status, body = await admin.call("GET", "/readyz")
+            return status == 200 and body["failing"] == ["seq"]
+
+        await eventually(failing, what="the source to show as failing")
+        _, body = await admin.call("GET", "/readyz")
+        assert "HTTP 500" in body["sources"]["seq"]["last_error"]
+
+
+async def test_metrics_move_with_the_work(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """Counters, histograms and gauges follow ingest, delivery, failures and replays."""
+    sequence_feed.add_events(9)
+    receiver.answer("strict", 400)
+    raw = config(sequence_feed, receiver, all={}, strict={"types": ["sequence.job.*"]})
+    async with admin_for(tmp_path, raw) as admin:
+        await eventually(lambda: len(receiver.ok("all")) == 9)
+
+        async def three_dead() -> bool:
+            return await admin.metric("feedhook_dead_letters", subscription="strict") == 3
+
+        await eventually(three_dead, what="the dead-letter gauge")
+        m = admin.metric
+        assert (
+            await m("feedhook_events_ingested_total", source="seq", type="sequence.job.created")
+            == 1
+        )
+        assert await m("feedhook_deliveries_total", subscription="all", outcome="delivered") == 9
+        assert await m("feedhook_deliveries_total", subscription="strict", outcome="dead") == 3
+        assert await m("feedhook_delivery_attempt_seconds_count", subscription="all") == 9
+        assert await m("feedhook_delivery_latency_seconds_count", subscription="all") == 9
+        assert await m("feedhook_pending_deliveries", subscription="all") == 0
+        assert await m("feedhook_source_polls_total", source="seq") >= 1
+        assert 0 <= await m("feedhook_source_seconds_since_success", source="seq") < 5
+        assert await m("feedhook_source_lag_seconds", source="seq") > 0
+
+        sequence_feed.inject(Fault.TRUNCATED)
+
+        async def error_counted() -> bool:
+            return (
+                await m("feedhook_source_poll_errors_total", source="seq", cause="invalid_json")
+                == 1
+            )
+
+        await eventually(error_counted, what="the poll error")
+        sequence_feed.add_events(3)
+        await eventually(lambda: len(receiver.ok("all")) == 12)
+        assert await m("feedhook_deliveries_total", subscription="all", outcome="delivered") == 12
+
+
+async def test_api_needs_the_token(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """401 without or with a wrong token; no /api at all without FEEDHOOK_ADMIN_TOKEN."""
+    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+        assert (await admin.call("GET", "/api/status", token=None))[0] == 401
+        status, body = await admin.call("GET", "/api/status", token="wrong")
+        assert status == 401 and "Bearer" in body["error"]
+        status, body = await admin.call("GET", "/api/status")
+        assert status == 200 and body["sources"]["seq"]["state"] in ("ok", "starting")
+        assert body["subscriptions"]["all"]["pending"] == 0
+    async with admin_for(
+        tmp_path / "x", config(sequence_feed, receiver, all={}), token=None
+    ) as admin:
+        assert (await admin.call("GET", "/api/status"))[0] == 404
+        assert (await admin.call("GET", "/metrics"))[0] == 200
+
+
+async def test_dead_letter_api(tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """List (paged), inspect, replay one, replay in bulk, delete; 400s and 404s as JSON."""
+    sequence_feed.add_events(5)
+    receiver.answer("strict", 410)
+    async with admin_for(tmp_path, config(sequence_feed, receiver, strict={})) as admin:
+
+        async def five_dead() -> bool:
+            _, body = await admin.call("GET", "/api/dead-letters?subscription=strict")
+            return len(body["dead_letters"]) == 5
+
+        await eventually(five_dead, what="dead letters")
+        status, page = await admin.call("GET", "/api/dead-letters?limit=2")
+        assert status == 200 and len(page["dead_letters"]) == 2 and page["next_after"]
+        _, rest = await admin.call("GET", f"/api/dead-letters?after={page['next_after']}")
+        assert len(rest["dead_letters"]) == 3 and rest["next_after"] is None
+        first = page["dead_letters"][0]
+        status, one = await admin.call("GET", f"/api/dead-letters/{first['id']}")
+        assert (
+            status == 200
+            and one["status_code"] == 410
+            and one["event"]["id"] == first["envelope_id"]
+        )
+
+        for bad in (
+            "/api/dead-letters?limit=abc",
+            "/api/dead-letters?limit=0",
+            "/api/dead-letters?after=-1",
+            "/api/dead-letters/abc",
+        ):
+            status, body = await admin.call("GET", bad)
+            assert status == 400 and "error" in body, (bad, body)
+        assert (await admin.call("GET", "/api/dead-letters/999999"))[0] == 404
+        assert (await admin.call("POST", "/api/dead-letters/999999/replay"))[0] == 404
+        assert (await admin.call("DELETE", "/api/dead-letters/999999"))[0] == 404
+
+        receiver.answer("strict", 200)
+        status, body = await admin.call("POST", f"/api/dead-letters/{first['id']}/replay")
+        assert status == 200 and body == {"replayed": 1}
+        await eventually(lambda: len(receiver.ok("strict")) == 1, timeout=3, what="the replay")
+        status, body = await admin.call(
+            "DELETE", f"/api/dead-letters/{page['dead_letters'][1]['id']}"
+        )
+        assert status == 200 and body == {"purged": 1}
+        status, body = await admin.call("POST", "/api/dead-letters/replay?subscription=strict")
+        assert body == {"replayed": 3}
+        await eventually(lambda: len(receiver.ok("strict")) == 4, timeout=3, what="bulk replay")
+        _, status_doc = await admin.call("GET", "/api/status")
+        assert status_doc["subscriptions"]["strict"]["dead"] == 0
+
+
+async def test_reload_adds_removes_and_rejects(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A new subscription gets events ingested from then on; a removed one gets no new
+    deliveries and its pending ones stay visible; an invalid file changes nothing."""
+    sequence_feed.add_events(4)
+    receiver.answer("old", 503)  # keeps its deliveries pending
+    raw = config(sequence_feed, receiver, old={"retry": {"schedule": ["1h"]}}, keep={})
+    async with admin_for(tmp_path, raw) as admin:
+        await eventually(lambda: len(receiver.ok("keep")) == 4)
+        await eventually(lambda: len(receiver.received) == 8, what="old's failed attempts")
+
+        del raw["subscriptions"]["old"]
+        raw["subscriptions"]["new"] = subscription(receiver, "new")
+        admin.config_path.write_text(yaml.safe_dump(raw))
+        status, body = await admin.call("POST", "/api/reload")
+        assert status == 200 and body["reloaded"] is True
+        assert "subscriptions_added: new" in body["changes"]
+        assert "subscriptions_removed: old" in body["changes"]
+
+        sequence_feed.add_events(2)
+        await eventually(lambda: len(receiver.ok("keep")) == 6)
+        await eventually(lambda: len(receiver.ok("new")) == 2)
+        assert {r.webhook_id for r in receiver.ok("new")} == {"seq:5", "seq:6"}
+        assert sum(r.path == "old" for r in receiver.received) == 4  # nothing new for old
+        _, doc = await admin.call("GET", "/api/status")
+        assert doc["subscriptions"]["old"] == {
+            "configured": False,
+            "pending": 4,
+            "delivered": 0,
+            "dead": 0,
+        }
+
+        admin.config_path.write_text("subscriptions:\n  broken: [\n")
+        status, body = await admin.call("POST", "/api/reload")
+        assert status == 400 and "running one stays" in body["error"]
+        assert any("invalid YAML" in e for e in body["errors"])
+        sequence_feed.add_events(1)
+        await eventually(lambda: len(receiver.ok("new")) == 3, what="the old config still at work")
+
+
+async def test_reload_restarts_a_changed_source(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A source whose settings change is restarted from its stored cursor: no event twice."""
+    sequence_feed.add_events(5)
+    raw = config(sequence_feed, receiver, all={})
+    async with admin_for(tmp_path, raw) as admin:
+        await eventually(lambda: len(receiver.ok()) == 5)
+        raw["sources"]["seq"]["poll_interval"] = "150ms"
+        admin.config_path.write_text(yaml.safe_dump(raw))
+        status, body = await admin.call("POST", "/api/reload")
+        assert "sources_changed: seq" in body["changes"]
+        sequence_feed.add_events(5)
+        await eventually(lambda: len(receiver.ok()) == 10)
+        await asyncio.sleep(0.3)
+    assert len({r.webhook_id for r in receiver.ok()}) == 10 == len(receiver.ok())
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_open_endpoints_need_no_token(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver, path: str
+) -> None:
+    """Health, readiness and metrics are for probes and scrapers: no token."""
+    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+        await eventually(lambda: admin.worker.health["seq"].last_success_at is not None)
+        assert (await admin.call("GET", path, token=None))[0] == 200

@@ -1,0 +1,218 @@
+"""Operating feedhook through the real CLI: signals, health checks, logs, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from feedhook.sim import Fault, Receiver, SimFeed, SimModulo, SimTeamHub
+
+from conftest import Cli, eventually, modulo_source, source, subscription, teamhub_source
+
+SENTINEL = "Sentinel7x9q"
+
+
+async def get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+        return r.status, await r.text()
+
+
+async def test_sigterm_during_heavy_delivery(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """SIGTERM with a hundred deliveries in flight: exit 0 within the grace period; the
+    next start delivers the rest, each exactly once."""
+    sequence_feed.add_events(2000)
+    receiver.answer("a", 200, delay=0.2)
+    receiver.answer("b", 200, delay=0.2)
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {
+                "a": subscription(receiver, "a", max_in_flight=50),
+                "b": subscription(receiver, "b", max_in_flight=50),
+            },
+        }
+    )
+    proc = await cli.start("run", "--grace", "3s")
+    await eventually(lambda: len(receiver.received) >= 300, what="heavy delivery")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert time.monotonic() - started < 3.5
+    before = len(receiver.ok())
+    assert before < 4000
+    receiver.answer("a", 200)
+    receiver.answer("b", 200)
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok()) >= 4000, timeout=60, what="the rest")
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    counts = Counter((r.webhook_id, r.path) for r in receiver.ok())
+    assert len(counts) == 4000 and max(counts.values()) == 1
+
+
+async def test_sighup_reloads_and_healthcheck_answers(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """SIGHUP re-reads the YAML; an invalid one is logged and ignored; `feedhook
+    healthcheck` (the container's HEALTHCHECK) sees the admin server."""
+    raw: dict[str, Any] = {
+        "sources": {"seq": source(sequence_feed)},
+        "subscriptions": {"first": subscription(receiver, "first")},
+    }
+    cli.write_config(raw)
+    code, _, err = await cli.run("healthcheck")
+    assert code == 1 and "/healthz" in err  # nothing running yet
+    proc = await cli.start("run")
+    sequence_feed.add_events(2)
+    await eventually(lambda: len(receiver.ok("first")) == 2)
+    code, out, _ = await cli.run("healthcheck")
+    assert code == 0 and "HTTP 200" in out
+
+    raw["subscriptions"]["second"] = subscription(receiver, "second")
+    cli.write_config(raw)
+    proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0.5)
+    sequence_feed.add_events(1)
+    await eventually(lambda: len(receiver.ok("second")) == 1, what="the added subscription")
+    assert receiver.ok("second")[0].webhook_id == "seq:3"
+
+    cli.config.write_text("sources: {nope: {kind: teamhub}}\n")
+    proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0.5)
+    sequence_feed.add_events(1)
+    await eventually(lambda: len(receiver.ok("second")) == 2, what="the old config at work")
+    proc.send_signal(signal.SIGTERM)
+    _, err_bytes = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err_bytes.decode().splitlines()]
+    assert any("configuration reloaded" in x["message"] for x in lines)
+    assert any(
+        x["level"] == "error"
+        and "reload rejected" in x["message"]
+        and "sources.nope" in x["message"]
+        for x in lines
+    )
+
+
+async def test_log_lines_carry_fields(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """JSON lines have time, level, message and the delivery's fields; text mode is
+    readable and carries them too."""
+    sequence_feed.add_events(1)
+    receiver.plan("hook", [500])
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {"hook": subscription(receiver, "hook")},
+        }
+    )
+    for fmt in ("json", "text"):
+        cli.env["FEEDHOOK_LOG_FORMAT"] = fmt
+        cli.db.unlink(missing_ok=True)
+        receiver.received.clear()
+        receiver.plan("hook", [500])
+        proc = await cli.start("run")
+        await eventually(lambda: len(receiver.ok("hook")) == 1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        text = err.decode()
+        if fmt == "json":
+            retry = next(json.loads(x) for x in text.splitlines() if "retrying in" in x)
+            assert {"time", "level", "message"} <= retry.keys()
+            assert retry["level"] == "warning" and retry["subscription"] == "hook"
+            assert retry["envelope_id"] == "seq:1" and retry["attempt"] == 1
+            assert retry["status_code"] == 500 and "duration_ms" in retry
+        else:
+            line = next(x for x in text.splitlines() if "retrying in" in x)
+            assert "WARNING" in line and "status_code=500" in line and "attempt=1" in line
+
+
+async def test_sentinel_secret_never_shows(
+    cli: Cli,
+    sequence_feed: SimFeed,
+    teamhub: SimTeamHub,
+    modulo: SimModulo,
+    receiver: Receiver,
+) -> None:
+    """A run through every error path, with one sentinel in every secret: it appears in
+    no log line, no CLI output and no admin answer."""
+    sequence_feed.guard.password = f"pw-{SENTINEL}"
+    teamhub.account_key = f"acct-{SENTINEL}"
+    modulo.client_secret = f"client-{SENTINEL}"
+    token = f"admin-{SENTINEL}"
+    cli.env["FEEDHOOK_ADMIN_TOKEN"] = token
+    webhook_secret = "whsec_U2VudGluZWw3eDlxU2VudGluZWw3eDlxU2VudA=="
+    sequence_feed.add_events(3)
+    teamhub.add_events(3)
+    modulo.add_updates("E1", 3)
+    receiver.answer("strict", 400)
+    receiver.plan("flaky", [500, 503])
+    raw = {
+        "sources": {
+            "seq": source(sequence_feed, password=f"wrong-{SENTINEL}", max_backoff="100ms"),
+            "th": teamhub_source(teamhub, account_key=f"acct-{SENTINEL}"),
+            "risk": modulo_source(modulo, ["E1"], client_secret=f"client-{SENTINEL}"),
+        },
+        "subscriptions": {
+            name: subscription(
+                receiver,
+                name,
+                secret=webhook_secret,
+                headers={"Authorization": f"Bearer hdr-{SENTINEL}"},
+            )
+            for name in ("strict", "flaky")
+        },
+    }
+    raw["subscriptions"]["creds"] = subscription(
+        receiver, "creds", url=receiver.url("creds").replace("http://", f"http://u:url-{SENTINEL}@")
+    )
+    cli.write_config(raw)
+    outputs: list[str] = []
+    code, out, err = await cli.run("check")
+    outputs += [out, err]
+    assert code == 0
+
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok("flaky")) == 6, what="flaky deliveries")
+    teamhub.inject(Fault.UNAUTHORIZED)
+    teamhub.inject(Fault.TRUNCATED)
+    modulo.expire_tokens()
+    modulo.inject(Fault.ERROR_500)
+    modulo.add_updates("E1", 1)
+    await asyncio.sleep(1.0)
+    base = cli.admin
+    for path in ("/api/status", "/api/dead-letters", "/readyz", "/metrics", "/healthz"):
+        for auth in (token, "wrong", None):
+            outputs.append(repr(await get(base + path, auth)))
+    cli.write_config({**raw, "sources": {"seq": {**raw["sources"]["seq"], "url": "ftp://x"}}})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/api/reload", headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        outputs.append(await r.text())
+        assert r.status == 400
+    for args in (("status",), ("status", "--json"), ("dlq", "list"), ("dlq", "list", "--json")):
+        code, out, err = await cli.run(*args)
+        outputs += [out, err]
+    dead = json.loads((await cli.run("dlq", "list", "--json"))[1])
+    outputs.append((await cli.run("dlq", "show", str(dead[0]["id"])))[1])
+    proc.send_signal(signal.SIGTERM)
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 10)
+    outputs += [out_b.decode(), err_b.decode()]
+    code, out, err = await cli.run("check")  # a config error names the key, not the value
+    outputs += [out, err]
+
+    everything = "\n".join(outputs)
+    assert "HTTP 401" in everything and "permanent failure: HTTP 400" in everything
+    assert SENTINEL not in everything
+    assert "U2VudGluZWw3eDlx" not in everything  # nor the webhook secret
+    received = repr([r.headers for r in receiver.received])
+    assert f"hdr-{SENTINEL}" in received  # the header did reach the receiver
