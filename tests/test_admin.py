@@ -289,7 +289,7 @@ async def test_reload_restarts_a_changed_source(
         raw["sources"]["seq"]["poll_interval"] = "150ms"
         admin.config_path.write_text(yaml.safe_dump(raw))
         status, body = await admin.call("POST", "/api/reload")
-        assert "sources_changed: seq" in body["changes"]
+        assert status == 200 and "sources_changed: seq" in body["changes"]
         sequence_feed.add_events(5)
         await eventually(lambda: len(receiver.ok()) == 10)
         await asyncio.sleep(0.3)

@@ -55,6 +55,9 @@ def test_runs_as_non_root_with_data_volume() -> None:
     assert "FEEDHOOK_DB=/data/feedhook.db" in env
     assert "FEEDHOOK_CONFIG=/etc/feedhook/hooks.yaml" in env
     assert found["ENTRYPOINT"].startswith("[")  # exec form: signals reach feedhook
+    assert found["EXPOSE"] == "8080"
+    assert found["STOPSIGNAL"] == "SIGTERM"
+    assert "CMD [" in found["HEALTHCHECK"]
 
 
 async def test_container_command_line_runs(
@@ -75,7 +78,7 @@ async def test_container_command_line_runs(
     (tmp_path / "etc").mkdir()
     sequence_feed.add_events(5)
     config_path = Path(env["FEEDHOOK_CONFIG"])
-    config_path.write_text(  # noqa: ASYNC240 - a small file before the process starts
+    config_path.write_text(
         yaml.safe_dump(
             {
                 "sources": {"seq": source(sequence_feed)},
@@ -94,6 +97,15 @@ async def test_container_command_line_runs(
         stderr=asyncio.subprocess.PIPE,
     )
     await eventually(lambda: len(receiver.ok()) == 5, what="deliveries from the container command")
+    health = json.loads(found["HEALTHCHECK"].split("CMD", 1)[1])
+    probe = await asyncio.create_subprocess_exec(
+        shutil.which(health[0], path=str(Path(sys.executable).parent)) or health[0],
+        *health[1:],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await probe.communicate()
+    assert probe.returncode == 0, out  # the HEALTHCHECK passes against the running command
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
