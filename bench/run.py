@@ -1,0 +1,548 @@
+"""feedhook's benchmark harness: every scenario beside its reference, in one run.
+
+    python bench/run.py            # the full scenarios (several minutes)
+    python bench/run.py --quick    # smaller versions, under a minute
+    python bench/run.py --only throughput,latency
+
+The simulated feeds and the receiver run as separate processes, the real `feedhook run`
+as a subprocess with a temporary database; everything is measured from outside. Results
+go to bench/results/<time>.json (and latest.json) and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from feedhook.delivery.signing import Signer
+from feedhook.sources.bebanjo import RawEvent, normalize
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST_SOURCE = {
+    "username": "robot_user",
+    "password": "secret",
+    "start": "earliest",
+    "rate_limit": "100000/1s",
+    "poll_interval": "1s",
+    "max_backoff": "1s",
+}
+
+
+@dataclass
+class Result:
+    scenario: str
+    metric: str
+    value: float
+    unit: str
+    reference: str
+    reference_value: float | None
+    ratio: float | None
+    target: str
+    met: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+class Proc:
+    """A child process that prints `READY <port>` once it serves."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stats(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.url}/_stats") as r:
+            return dict(await r.json())
+
+    async def post(self, path: str) -> None:
+        async with aiohttp.ClientSession() as s, s.post(f"{self.url}{path}") as r:
+            r.raise_for_status()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@asynccontextmanager
+async def server(*args: str) -> AsyncIterator[Proc]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "servers.py"), *args, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 300)
+    if not line.startswith(b"READY "):
+        raise RuntimeError(f"bench server {args} did not start: {line!r}")
+    child = Proc(proc, int(line.split()[1]))
+    try:
+        yield child
+    finally:
+        await child.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Bridge:
+    """`feedhook run` as a subprocess over a temporary database."""
+
+    def __init__(self, workdir: Path, sources: dict[str, Any], subs: dict[str, Any]) -> None:
+        self.dir = workdir
+        self.db = workdir / "bench.db"
+        (workdir / "hooks.yaml").write_text(
+            yaml.safe_dump({"sources": sources, "subscriptions": subs})
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {
+            **os.environ,
+            "FEEDHOOK_DB": str(self.db),
+            "FEEDHOOK_CONFIG": str(self.dir / "hooks.yaml"),
+            "FEEDHOOK_ADMIN_PORT": str(free_port()),
+            "FEEDHOOK_LOG_LEVEL": "WARNING",
+            "FEEDHOOK_LOG_FORMAT": "json",
+        }
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "feedhook", "run", env=env, stderr=open(self.dir / "log", "wb")
+        )
+
+    def peak_rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def ingested(self) -> int:
+        """Events in the outbox, read from outside (max rowid: no scan)."""
+        if not self.db.exists():
+            return 0
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1) as db:
+                row = db.execute("SELECT max(id) FROM events").fetchone()
+            return int(row[0] or 0)
+        except sqlite3.Error:
+            return 0
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def until(check: Callable[[], Any], timeout: float, every: float = 0.02) -> float:
+    """Poll until `check()` is truthy; the moment it was first seen true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.time()
+        await asyncio.sleep(every)
+    raise TimeoutError(f"benchmark step did not finish within {timeout}s")
+
+
+async def received(rx: Proc, count: int) -> bool:
+    return int((await rx.stats())["count"]) >= count
+
+
+# --- references ----------------------------------------------------------------------
+
+
+def sample_bodies(count: int) -> list[tuple[str, bytes]]:
+    """Envelopes shaped exactly like the ones feedhook sends for the simulated feed."""
+    out = []
+    for n in range(1, count + 1):
+        raw = RawEvent(
+            id=n,
+            event_type="job_updated",
+            timestamp="2026-01-01T00:00:00.000+00:00",
+            changes="name",
+            links={"self": f"http://x/api/events/{n}", "subject": f"http://x/api/jobs/{n}"},
+            native={"resource_type": "event", "id": n, "event_type": "job_updated"},
+        )
+        envelope = normalize("seq", "sequence", "http://x/api", raw)
+        out.append((envelope.id, envelope.body))
+    return out
+
+
+async def raw_post(url: str, bodies: list[tuple[str, bytes]], concurrency: int) -> None:
+    """The reference: a plain aiohttp client POSTing the bodies, nothing else."""
+    queue = iter(bodies)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            for msg_id, body in queue:
+                async with session.post(
+                    url,
+                    data=body,
+                    headers={"content-type": "application/json", "webhook-id": msg_id},
+                ) as r:
+                    await r.read()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def raw_latency(url: str, count: int) -> list[float]:
+    """Round trips of single POSTs: the floor any bridge sits on."""
+    bodies = sample_bodies(count)
+    times = []
+    async with aiohttp.ClientSession() as session:
+        for msg_id, body in bodies:
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers={"webhook-id": msg_id}) as r:
+                await r.read()
+            times.append(time.perf_counter() - started)
+            await asyncio.sleep(0.005)
+    return times
+
+
+async def plain_paging(api: str, total: int) -> float:
+    """The reference for catch-up: page through the feed with Digest auth, nothing else."""
+    digest = aiohttp.DigestAuthMiddleware("robot_user", "secret")
+    cursor, started = 0, time.perf_counter()
+    async with aiohttp.ClientSession(middlewares=(digest,)) as session:
+        while cursor < total:
+            async with session.get(
+                f"{api}/events",
+                params={"newer_than": str(cursor)},
+                headers={"Accept": "application/json"},
+            ) as r:
+                entries = json.loads(await r.read())["entries"]
+            if not entries:
+                break
+            cursor = entries[-1]["id"]
+    return total / (time.perf_counter() - started)
+
+
+# --- scenarios -----------------------------------------------------------------------
+
+
+def subscription(rx: Proc, name: str, **extra: Any) -> dict[str, Any]:
+    return {"url": f"{rx.url}/{name}", "secret": SECRET, "types": ["*"], **extra}
+
+
+async def scenario_throughput(sizes: dict[str, int], work: Path) -> Result:
+    n, concurrency = sizes["throughput"], 64
+    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+        await raw_post(f"{rx.url}/raw", sample_bodies(n), concurrency)
+        raw = await rx.stats()
+        raw_rate = n / (raw["last"] - raw["first"])
+        await rx.post("/_reset")
+        bridge = Bridge(
+            work,
+            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+            {"all": subscription(rx, "all", max_in_flight=concurrency)},
+        )
+        await bridge.start()
+        try:
+            await until(lambda: received(rx, n), timeout=600, every=0.2)
+        finally:
+            await bridge.stop()
+        got = await rx.stats()
+    rate = n / (got["last"] - got["first"])
+    ratio = rate / raw_rate
+    return Result(
+        "delivery throughput",
+        f"{n:,} events, 1 subscription, {concurrency} in flight",
+        round(rate),
+        "deliveries/s",
+        "plain aiohttp POSTs, same bodies and concurrency",
+        round(raw_rate),
+        round(ratio, 2),
+        ">= 0.6 x raw",
+        ratio >= 0.6,
+    )
+
+
+async def scenario_catchup(sizes: dict[str, int], work: Path) -> Result:
+    n = sizes["catchup"]
+    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+        reference = await plain_paging(f"{feed.url}/api", n)
+        bridge = Bridge(
+            work,
+            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+            {"all": subscription(rx, "all", max_in_flight=64)},
+        )
+        await bridge.start()
+        try:
+            first = await until(lambda: bridge.ingested() > 0, timeout=120, every=0.005)
+            base = bridge.ingested()
+            done = await until(lambda: bridge.ingested() >= n, timeout=600, every=0.01)
+            delivered = await until(lambda: received(rx, n), timeout=900, every=0.2)
+        finally:
+            await bridge.stop()
+    rate = (n - base) / (done - first)
+    ratio = rate / reference
+    return Result(
+        "catch-up",
+        f"{n:,}-event Sequence JSON backlog into the outbox",
+        round(rate),
+        "events/s",
+        "a plain client paging the simulated feed alone",
+        round(reference),
+        round(ratio, 2),
+        ">= 10,000/s or >= 0.8 x paging",
+        rate >= 10_000 or ratio >= 0.8,
+        {"all_delivered_after_s": round(delivered - first, 2)},
+    )
+
+
+async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
+    seconds = sizes["latency_seconds"]
+    rate_each = "100"  # 200 events/s across the two feeds
+    async with (
+        server("receiver", "--record-ids") as rx,
+        server("feed", "--system", "sequence", "--rate", rate_each, "--seconds", str(seconds))
+        as seq,
+        server("feed", "--system", "movida", "--rate", rate_each, "--seconds", str(seconds))
+        as mov,
+    ):
+        bridge = Bridge(
+            work,
+            {
+                "seq": {"kind": "sequence", "url": f"{seq.url}/api", **FAST_SOURCE},
+                "mov": {"kind": "movida", "url": f"{mov.url}/api", **FAST_SOURCE},
+            },
+            {"all": subscription(rx, "all", max_in_flight=64)},
+        )
+        await bridge.start()
+        total = int(200 * seconds)
+        try:
+            await until(lambda: received(rx, total), timeout=seconds + 60, every=0.2)
+        finally:
+            await bridge.stop()
+        receipts = (await rx.stats())["times"]
+        overheads = []
+        for name, feed in (("seq", seq), ("mov", mov)):
+            served = (await feed.stats())["served_at"]
+            overheads += [receipts[f"{name}:{i}"] - t for i, t in served.items()]
+        reference = await raw_latency(f"{rx.url}/raw", 300)
+    overheads.sort()
+    p50, p99 = percentile(overheads, 50), percentile(overheads, 99)
+    return Result(
+        "latency",
+        f"200 events/s for {seconds:g}s, poll_interval 1s: receipt - page first served",
+        round(p99 * 1000, 1),
+        "ms p99",
+        "one plain aiohttp POST round trip, p99",
+        round(percentile(sorted(reference), 99) * 1000, 1),
+        None,
+        "p99 <= 50 ms",
+        p99 <= 0.050,
+        {
+            "p50_ms": round(p50 * 1000, 1),
+            "max_ms": round(overheads[-1] * 1000, 1),
+            "events": len(overheads),
+            "reference_p50_ms": round(statistics.median(reference) * 1000, 2),
+        },
+    )
+
+
+async def drain_rss(n: int, work: Path) -> tuple[float, float]:
+    """Peak RSS of feedhook while draining an n-event backlog to 2 subscriptions."""
+    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+        bridge = Bridge(
+            work,
+            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+            {
+                "a": subscription(rx, "a", max_in_flight=64),
+                "b": subscription(rx, "b", max_in_flight=64),
+            },
+        )
+        started = time.time()
+        await bridge.start()
+        try:
+            await until(lambda: received(rx, 2 * n), timeout=7200, every=0.5)
+            peak = bridge.peak_rss_mb()
+        finally:
+            await bridge.stop()
+    return peak, time.time() - started
+
+
+async def scenario_memory(sizes: dict[str, int], work: Path) -> Result:
+    n = sizes["memory"]
+    small_dir, big_dir = work / "small", work / "big"
+    small_dir.mkdir()
+    big_dir.mkdir()
+    small, _ = await drain_rss(n // 10, small_dir)
+    big, seconds = await drain_rss(n, big_dir)
+    return Result(
+        "memory",
+        f"peak RSS draining {n:,} events to 2 subscriptions",
+        round(big, 1),
+        "MB",
+        f"peak RSS draining {n // 10:,} events (a tenth of the backlog)",
+        round(small, 1),
+        round(big / small, 2),
+        "<= 150 MB, flat in the backlog",
+        big <= 150 and big / small < 1.25,
+        {"drain_seconds": round(seconds, 1)},
+    )
+
+
+async def scenario_fanout(sizes: dict[str, int], work: Path) -> Result:
+    n, subs, per_lane = sizes["fanout"], 20, 8
+    total = n * subs
+    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+        bodies = sample_bodies(n) * subs
+        await raw_post(f"{rx.url}/raw", bodies, subs * per_lane)
+        raw = await rx.stats()
+        raw_rate = total / (raw["last"] - raw["first"])
+        await rx.post("/_reset")
+        bridge = Bridge(
+            work,
+            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+            {f"s{i:02d}": subscription(rx, f"s{i:02d}", max_in_flight=per_lane) for i in range(subs)},
+        )
+        await bridge.start()
+        try:
+            await until(lambda: received(rx, total), timeout=1800, every=0.2)
+        finally:
+            await bridge.stop()
+        got = await rx.stats()
+    rate = total / (got["last"] - got["first"])
+    ratio = rate / raw_rate
+    return Result(
+        "fan-out",
+        f"{n:,} events x {subs} subscriptions ({total:,} deliveries)",
+        round(rate),
+        "deliveries/s",
+        f"plain aiohttp POSTs at the same total concurrency ({subs * per_lane})",
+        round(raw_rate),
+        round(ratio, 2),
+        ">= 0.6 x raw",
+        ratio >= 0.6,
+    )
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+SCENARIOS = {
+    "throughput": scenario_throughput,
+    "catchup": scenario_catchup,
+    "latency": scenario_latency,
+    "memory": scenario_memory,
+    "fanout": scenario_fanout,
+}
+FULL = {
+    "throughput": 50_000,
+    "catchup": 100_000,
+    "latency_seconds": 30,
+    "memory": 1_000_000,
+    "fanout": 10_000,
+}
+QUICK = {
+    "throughput": 5_000,
+    "catchup": 10_000,
+    "latency_seconds": 5,
+    "memory": 20_000,
+    "fanout": 500,
+}
+
+
+def machine() -> dict[str, Any]:
+    memory = next(
+        (int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+         if line.startswith("MemTotal:")),
+        0,
+    )
+    return {
+        "cores": os.cpu_count(),
+        "memory_mb": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| scenario | feedhook | reference | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        reference = f"{r.reference_value:,} ({r.reference})" if r.reference_value is not None else "-"
+        extra = "".join(f"; {k} {v}" for k, v in r.details.items())
+        lines.append(
+            f"| {r.scenario}: {r.metric} | {r.value:,} {r.unit}{extra} | {reference} | "
+            f"{r.ratio if r.ratio is not None else '-'} | {r.target} | {'yes' if r.met else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    chosen = args.only.split(",") if args.only else list(SCENARIOS)
+    results = []
+    for name in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"feedhook-bench-{name}-") as tmp:
+            started = time.time()
+            print(f"-- {name} ...", flush=True)
+            result = await SCENARIOS[name](sizes, Path(tmp))
+            print(f"   {result.value:,} {result.unit} (ref {result.reference_value}) "
+                  f"in {time.time() - started:.1f}s", flush=True)
+            results.append(result)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    document = {
+        "when": stamp,
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "results": [asdict(r) for r in results],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(document, indent=2)
+    (RESULTS / f"{stamp}-{document['mode']}.json").write_text(text)
+    (RESULTS / f"latest-{document['mode']}.json").write_text(text)
+    print()
+    print(f"machine: {document['machine']['cores']} cores, {document['machine']['memory_mb']:,} MB,"
+          f" Python {document['machine']['python']}")
+    print(table(results))
+    return 0 if all(r.met for r in results) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

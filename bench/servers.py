@@ -1,0 +1,111 @@
+"""The harness's separate processes: a simulated feed and a fast receiver.
+
+    python bench/servers.py feed --system sequence --events 100000 [--rate 100 --seconds 30]
+    python bench/servers.py receiver [--record-ids]
+
+Each prints `READY <port>` once listening, then serves until killed. GET /_stats answers
+what the harness measures from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from feedhook.sim import SimFeed
+
+
+async def feed(args: argparse.Namespace) -> None:
+    sim = SimFeed(args.system, track_served=args.rate > 0)
+    if args.events:
+        sim.add_events(args.events, at=datetime(2026, 1, 1, tzinfo=UTC))
+    app = sim.server.app
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "events": len(sim.events),
+                "last_id": sim.events[-1].id if sim.events else 0,
+                "requests": len(sim.requests),
+                "served_at": {str(k): v for k, v in sim.served_at.items()},
+                "created_at": {str(e.id): e.timestamp.timestamp() for e in sim.events}
+                if args.rate
+                else {},
+            }
+        )
+
+    app.router.add_get("/_stats", stats)
+    await sim.start()
+    print(f"READY {sim.server.port}", flush=True)
+    if args.rate > 0:
+        # A steady stream: one event every 1/rate seconds, on a fixed schedule.
+        start = time.monotonic()
+        total = int(args.rate * args.seconds)
+        for n in range(total):
+            delay = start + n / args.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sim.add_events(1)
+    await asyncio.Event().wait()
+
+
+async def receiver(args: argparse.Namespace) -> None:
+    state: dict[str, float | int] = {"count": 0, "first": 0.0, "last": 0.0}
+    times: dict[str, float] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        now = time.time()
+        if not state["count"]:
+            state["first"] = now
+        state["count"] = int(state["count"]) + 1
+        state["last"] = now
+        if args.record_ids:
+            times.setdefault(request.headers.get("webhook-id", ""), now)
+        return web.Response()
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({**state, "times": times})
+
+    async def reset(request: web.Request) -> web.Response:
+        state.update(count=0, first=0.0, last=0.0)
+        times.clear()
+        return web.Response()
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_get("/_stats", stats)
+    app.router.add_post("/_reset", reset)
+    app.router.add_post("/{name}", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    f = commands.add_parser("feed")
+    f.add_argument("--system", default="sequence")
+    f.add_argument("--events", type=int, default=0)
+    f.add_argument("--rate", type=float, default=0.0)
+    f.add_argument("--seconds", type=float, default=0.0)
+    r = commands.add_parser("receiver")
+    r.add_argument("--record-ids", action="store_true")
+    args = parser.parse_args()
+    try:
+        asyncio.run(feed(args) if args.command == "feed" else receiver(args))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
