@@ -105,7 +105,7 @@ async def metrics(request: web.Request) -> web.Response:
     worker = _worker(request)
     m, now = worker.metrics, clock.now()
     for name, counts in (await worker.store.counts()).items():
-        m.pending.labels(name).set(counts.pending + counts.in_flight)
+        m.pending.labels(name).set(counts.pending)
         m.dead_letters.labels(name).set(counts.dead_letter)
     for name, health in worker.health.items():
         if health.last_success_at is not None:

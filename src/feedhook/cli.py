@@ -156,7 +156,13 @@ def _load(args: argparse.Namespace, settings: Settings) -> Config:
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(coro)
+    """Run on uvloop where it is installed: the same asyncio, a faster loop under it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 # --- run -----------------------------------------------------------------------------

@@ -186,7 +186,7 @@ async def _settle(
     while time.time() < deadline:
         received = {r.webhook_id for r in receiver.ok("everything")}
         status = await store.status()
-        pending = sum(c.pending + c.in_flight for c in status.subscriptions.values())
+        pending = sum(c.pending for c in status.subscriptions.values())
         if published <= received and pending == 0:
             return True
         await asyncio.sleep(0.1)

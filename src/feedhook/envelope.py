@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -63,15 +65,22 @@ def make_envelope(
 
 
 def encode(document: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON: the exact bytes receivers verify signatures against."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON: the exact bytes receivers verify signatures against.
+
+    orjson writes the same bytes as json.dumps(separators=(",", ":"), ensure_ascii=False),
+    ten times faster; the standard library takes what orjson refuses (integers beyond
+    64 bits in an upstream's native event)."""
+    try:
+        return orjson.dumps(document)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def rfc3339_utc(moment: datetime) -> str:
     """RFC 3339 in UTC with a Z; fractions only when the upstream had them."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
+    text = moment.astimezone(UTC).replace(tzinfo=None).isoformat()
     if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = text.rstrip("0")
+    return text + "Z"

@@ -45,7 +45,7 @@ def status_document(
         counts = status.subscriptions.get(name)
         out["subscriptions"][name] = {
             "configured": config is None or name in config.subscriptions,
-            "pending": (counts.pending + counts.in_flight) if counts else 0,
+            "pending": counts.pending if counts else 0,
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
         }

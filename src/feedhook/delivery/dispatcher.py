@@ -5,14 +5,15 @@ are written back in batches by a single writer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from feedhook import clock
 from feedhook.config import SubscriptionConfig
-from feedhook.delivery.policy import RetryPolicy
+from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
 from feedhook.metrics import Metrics
@@ -24,6 +25,7 @@ log = logging.getLogger("feedhook.delivery")
 # replay made by another process (feedhook dlq replay) is picked up.
 IDLE_POLL = 1.0
 WRITE_BATCH = 1000
+CATCH_UP_SHARE = 4
 
 
 @dataclass
@@ -33,10 +35,33 @@ class Lane:
     signer: Signer
     policy: RetryPolicy
     in_flight: int = 0
+    # The concurrency allowed right now: max_in_flight, or a quarter of it while a source
+    # is catching up on a backlog (getting events into the outbox comes first).
+    cap: int = 1
+    # Claimed but not yet sent: keeps the lane busy while the store is in a long write.
+    ready: deque[Delivery] = field(default_factory=deque)
+    # Whether the store may hold due work for this lane; cleared when a claim comes back
+    # short, set again by ingest, replays and the retry clock.
+    maybe_due: bool = True
+    meters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def room(self) -> int:
-        return self.config.max_in_flight - self.in_flight
+        return self.cap - self.in_flight
+
+    @property
+    def wanted(self) -> int:
+        """How many more to claim: enough for a full lane plus one lane's worth ready."""
+        return 2 * self.cap - self.in_flight - len(self.ready)
+
+    @property
+    def batch(self) -> int:
+        """Claim in chunks while busy: one query per several completions, not per one."""
+        return max(1, self.cap // 4)
+
+    def throttle(self, catching_up: bool) -> None:
+        most = self.config.max_in_flight
+        self.cap = max(1, most // CATCH_UP_SHARE) if catching_up else most
 
     @classmethod
     def build(cls, name: str, config: SubscriptionConfig) -> Lane:
@@ -60,8 +85,10 @@ class Dispatcher:
         sender: Sender,
         grace: float = 8.0,
         metrics: Metrics | None = None,
+        catching_up: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
+        self.catching_up = catching_up
         self.sender = sender
         self.grace = grace
         self.metrics = metrics or Metrics()
@@ -70,6 +97,9 @@ class Dispatcher:
         self._stopping = False
         self._sending: set[asyncio.Task[None]] = set()
         self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
+        # The earliest retry this process scheduled (or found at start); None: none known.
+        self._next_retry: float | None = None
+        self._released: list[int] = []  # claimed, never sent: back to pending
         self.reconfigure(subscriptions)
 
     def reconfigure(self, subscriptions: Mapping[str, SubscriptionConfig]) -> None:
@@ -79,13 +109,23 @@ class Dispatcher:
             if name in self.lanes:
                 self.lanes[name].reconfigure(config)
             else:
-                self.lanes[name] = Lane.build(name, config)
+                lane = self.lanes[name] = Lane.build(name, config)
+                m = self.metrics
+                lane.meters = {
+                    "delivered": m.deliveries.labels(name, "delivered"),
+                    "retry": m.deliveries.labels(name, "retry"),
+                    "dead": m.deliveries.labels(name, "dead"),
+                    "attempt": m.attempt_seconds.labels(name),
+                    "latency": m.delivery_latency.labels(name),
+                }
         for name in set(self.lanes) - set(subscriptions):
-            del self.lanes[name]
-        self._wake.set()
+            self._released.extend(d.id for d in self.lanes.pop(name).ready)
+        self.wake()
 
     def wake(self) -> None:
-        """New work may be due (called after ingest and after each attempt)."""
+        """New work may be due in any lane (after ingest, a replay, a reload)."""
+        for lane in self.lanes.values():
+            lane.maybe_due = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -97,6 +137,7 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._write_outcomes(), name="outcome-writer")
             try:
+                self._next_retry = await self.store.next_due_at(list(self.lanes))
                 await self._claim_loop()
                 await self._finish_in_flight()
             finally:
@@ -106,19 +147,37 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             now = clock.now()
+            if self._next_retry is not None and now >= self._next_retry:
+                self._next_retry = None
+                self.wake()
+            if self._released:
+                released, self._released = self._released, []
+                await self.store.release(released)
+            catching_up = self.catching_up()
             for lane in list(self.lanes.values()):
-                if lane.room > 0:
-                    for delivery in await self.store.claim_due(lane.name, now, lane.room):
-                        self._start(lane, delivery)
+                lane.throttle(catching_up)
+                wanted = lane.wanted
+                busy = lane.in_flight or lane.ready
+                if lane.maybe_due and wanted > 0 and not (busy and wanted < lane.batch):
+                    claimed = await self.store.claim_due(lane.name, now, wanted)
+                    if len(claimed) < wanted:
+                        lane.maybe_due = False
+                    lane.ready.extend(claimed)
+                while lane.ready and lane.room > 0:
+                    self._start(lane, lane.ready.popleft())
             if self._stopping:
                 break
-            # Lanes without room are woken by their own completions, not by the clock.
-            next_due = await self.store.next_due_at([n for n, x in self.lanes.items() if x.room])
-            timeout = IDLE_POLL if next_due is None else next_due - clock.now()
-            # A full lane with due work waits for a completion to wake us, not a spin.
-            timeout = min(IDLE_POLL, max(timeout, 0.05))
-            with contextlib.suppress(TimeoutError):
+            if self._next_retry is None and not any(x.maybe_due for x in self.lanes.values()):
+                # All drained: find the next scheduled retry once, then sleep until it.
+                self._next_retry = await self.store.next_due_at(list(self.lanes))
+            timeout = IDLE_POLL
+            if self._next_retry is not None:
+                timeout = min(IDLE_POLL, max(self._next_retry - clock.now(), 0.001))
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                if self._next_retry is None or clock.now() < self._next_retry:
+                    self.wake()  # the periodic look: replays made by other processes
 
     def _start(self, lane: Lane, delivery: Delivery) -> None:
         lane.in_flight += 1
@@ -157,44 +216,64 @@ class Dispatcher:
                     response_body=result.body if decision.kind == "dead" else None,
                 )
             )
-            metrics = self.metrics
-            metrics.deliveries.labels(lane.name, decision.kind).inc()
-            metrics.attempt_seconds.labels(lane.name).observe(result.duration)
+            meters = lane.meters
+            meters[decision.kind].inc()
+            meters["attempt"].observe(result.duration)
             if decision.kind == "delivered":
-                metrics.delivery_latency.labels(lane.name).observe(now - delivery.ingested_at)
-            fields = {
-                "subscription": lane.name,
-                "envelope_id": delivery.envelope_id,
-                "attempt": attempts,
-                "status_code": result.status,
-                "duration_ms": round(result.duration * 1000, 1),
-            }
-            if decision.kind == "delivered":
-                log.debug("delivered %s to %s", delivery.envelope_id, lane.name, extra=fields)
-            elif decision.kind == "retry":
-                assert decision.retry_at is not None
-                log.warning(
-                    "delivery of %s to %s failed (attempt %d: %s); retrying in %.1fs",
-                    delivery.envelope_id,
-                    lane.name,
-                    attempts,
-                    decision.reason,
-                    decision.retry_at - now,
-                    extra=fields,
-                )
+                meters["latency"].observe(now - delivery.ingested_at)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("delivered %s to %s", delivery.envelope_id, lane.name)
             else:
-                log.error(
-                    "delivery of %s to %s moved to dead letters: %s",
-                    delivery.envelope_id,
-                    lane.name,
-                    decision.reason,
-                    extra=fields,
-                )
+                self._failed(lane, delivery, result, decision, attempts, now)
         finally:
             lane.in_flight -= 1
-            self._wake.set()
+            if lane.ready and not self._stopping:
+                self._start(lane, lane.ready.popleft())  # the next one at once, no loop trip
+            if len(lane.ready) < lane.batch:
+                self._wake.set()  # refill before the lane runs dry
+
+    def _failed(
+        self,
+        lane: Lane,
+        delivery: Delivery,
+        result: AttemptResult,
+        decision: Decision,
+        attempts: int,
+        now: float,
+    ) -> None:
+        fields = {
+            "subscription": lane.name,
+            "envelope_id": delivery.envelope_id,
+            "attempt": attempts,
+            "status_code": result.status,
+            "duration_ms": round(result.duration * 1000, 1),
+        }
+        if decision.kind == "retry":
+            assert decision.retry_at is not None
+            if self._next_retry is None or decision.retry_at < self._next_retry:
+                self._next_retry = decision.retry_at
+            log.warning(
+                "delivery of %s to %s failed (attempt %d: %s); retrying in %.1fs",
+                delivery.envelope_id,
+                lane.name,
+                attempts,
+                decision.reason,
+                decision.retry_at - now,
+                extra=fields,
+            )
+        else:
+            log.error(
+                "delivery of %s to %s moved to dead letters: %s",
+                delivery.envelope_id,
+                lane.name,
+                decision.reason,
+                extra=fields,
+            )
 
     async def _finish_in_flight(self) -> None:
+        unsent = [d.id for lane in self.lanes.values() for d in lane.ready] + self._released
+        if unsent:
+            await self.store.release(unsent)
         if not self._sending:
             return
         log.info("waiting up to %gs for %d in-flight deliveries", self.grace, len(self._sending))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -17,14 +18,18 @@ class Signer:
     """Signs with the current secret first, then any previous ones still being rotated out."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
-        self._keys = tuple(secret_key(s) for s in secrets)
+        # Keyed once; each message copies the keyed state (cheaper than re-keying).
+        self._macs = tuple(hmac.new(secret_key(s), digestmod=hashlib.sha256) for s in secrets)
 
     def __bool__(self) -> bool:
-        return bool(self._keys)
+        return bool(self._macs)
 
     def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
-        payload = f"{msg_id}.{timestamp}.".encode() + body
-        return " ".join(
-            "v1," + base64.b64encode(hmac.new(key, payload, hashlib.sha256).digest()).decode()
-            for key in self._keys
-        )
+        prefix = f"{msg_id}.{timestamp}.".encode()
+        signatures = []
+        for keyed in self._macs:
+            mac = keyed.copy()
+            mac.update(prefix)
+            mac.update(body)
+            signatures.append("v1," + binascii.b2a_base64(mac.digest(), newline=False).decode())
+        return " ".join(signatures)

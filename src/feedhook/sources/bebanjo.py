@@ -6,7 +6,6 @@ order, over HTTP Digest auth; XML by default, JSON (Sequence only) on request.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import aiohttp
+import orjson
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
@@ -45,8 +45,8 @@ class RawEvent:
 
 def parse_json_feed(body: bytes, where: str) -> list[RawEvent]:
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = orjson.loads(body)
+    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         raise FeedError(
             f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
         ) from None
@@ -209,7 +209,7 @@ class BebanjoFeed:
             where = redact_url(self.api_url)
             if self.config.format == "json":
                 try:
-                    link = json.loads(response.body).get("events_link")
+                    link = orjson.loads(response.body).get("events_link")
                 except (ValueError, AttributeError):
                     link = None
             else:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
+import orjson
 
 from feedhook import clock
 from feedhook.config import ModuloSource as ModuloConfig
@@ -167,7 +168,7 @@ class CodeCursor:
 def load_cursor(text: str) -> dict[str, CodeCursor | None]:
     """Per event code: a cursor, or None for "from the beginning"."""
     try:
-        raw = json.loads(text)
+        raw = orjson.loads(text)
         return {
             code: None
             if state is None
@@ -250,7 +251,7 @@ class ModuloFeed:
             },
         )
         try:
-            document = json.loads(response.body)
+            document = orjson.loads(response.body)
             token = str(document["access_token"])
             lifetime = float(document.get("expires_in", 86400))
         except (ValueError, KeyError, TypeError):
@@ -288,8 +289,8 @@ class ModuloFeed:
                 cause="html",
             )
         try:
-            updates = json.loads(response.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            updates = orjson.loads(response.body)
+        except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise FeedError(
                 f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
             ) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ class SourceHealth:
     failing_since: float | None = None
     last_error: str | None = None
     newest_event_at: float | None = None
+    catching_up: bool = False  # the last page was full: more is waiting upstream
 
     def state(self, now: float) -> str:
         if self.failing_since is None:
@@ -78,7 +79,7 @@ class Poller:
             on_backoff=self._failed,
             logger=None,
         )
-        self._fetch = retry(self._guarded(source.fetch))
+        self._fetch: Callable[[str], Coroutine[Any, Any, Page]] = retry(self._guarded(source.fetch))
         self._initial_cursor = retry(self._guarded(source.initial_cursor))
 
     async def run(self) -> None:
@@ -90,22 +91,33 @@ class Poller:
             # Stored at once: a restart must not move "latest" past unread events.
             await self.store.ingest(name, [], cursor)
             log.info("%s: starting at cursor %s", name, cursor, extra={"source": name})
+        page: Page = await self._fetch(cursor)
         while True:
-            page: Page = await self._fetch(cursor)
-            router = self.router()
-            items = [
-                IngestItem(upstream_id, envelope, router.match(envelope))
-                for upstream_id, envelope in page.events
-            ]
-            fresh = await self.store.ingest(name, items, page.cursor)
-            self._succeeded(page, fresh)
-            cursor = page.cursor
-            if not page.more:
-                await asyncio.sleep(self.source.poll_interval)
+            # A full page means more is waiting: fetch it while this one is written.
+            ahead: asyncio.Task[Page] | None = None
+            if page.more:
+                ahead = asyncio.create_task(self._fetch(page.cursor))
+            try:
+                router = self.router()
+                items = [
+                    IngestItem(upstream_id, envelope, router.match(envelope))
+                    for upstream_id, envelope in page.events
+                ]
+                fresh = await self.store.ingest(name, items, page.cursor)
+                self._succeeded(page, fresh)
+                if ahead is None:
+                    await asyncio.sleep(self.source.poll_interval)
+                    page = await self._fetch(page.cursor)
+                else:
+                    page = await ahead
+            finally:
+                if ahead is not None and not ahead.done():
+                    ahead.cancel()
 
     def _succeeded(self, page: Page, fresh: Sequence[IngestItem]) -> None:
         health, name = self.health, self.source.name
         health.last_success_at = clock.now()
+        health.catching_up = page.more
         if health.failing_since is not None:
             log.info("%s: the feed answers again", name, extra={"source": name})
         health.failing_since = health.last_error = None
@@ -126,7 +138,7 @@ class Poller:
                 extra={"source": name},
             )
 
-    def _guarded(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    def _guarded(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
         """A bug in parsing one odd page must not stop every other source: it is logged
         with its traceback and retried like any feed failure."""
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
 from feedhook import clock
 from feedhook.config import TeamHubSource as TeamHubConfig
@@ -70,7 +71,7 @@ class Cursor:
     @classmethod
     def load(cls, text: str) -> Cursor:
         try:
-            raw = json.loads(text)
+            raw = orjson.loads(text)
             return cls(
                 newest=datetime.fromisoformat(raw["newest"]) if raw["newest"] else None,
                 ids=set(raw["ids"]),
@@ -185,8 +186,8 @@ class TeamHubFeed:
                 cause="html",
             )
         try:
-            return json.loads(response.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return orjson.loads(response.body)
+        except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise FeedError(
                 f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
             ) from None

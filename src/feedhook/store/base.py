@@ -25,7 +25,6 @@ class Delivery:
     id: int
     subscription: str
     envelope_id: str
-    type: str
     body: bytes
     attempts: int
     created_at: float
@@ -74,10 +73,10 @@ class SourceState:
 
 @dataclass(slots=True)
 class SubscriptionCounts:
-    """Deliveries by state, and the dead letters waiting in the dead-letter table."""
+    """Deliveries waiting (due later or in flight now), delivered and dead, and the dead
+    letters waiting in the dead-letter table."""
 
     pending: int = 0
-    in_flight: int = 0
     delivered: int = 0
     dead: int = 0
     dead_letter: int = 0
@@ -103,6 +102,7 @@ class Store(Protocol):
     # deliveries
     async def recover_in_flight(self) -> int: ...
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]: ...
+    async def release(self, ids: Sequence[int]) -> None: ...
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None: ...
     async def complete(self, outcomes: Sequence[Outcome]) -> None: ...
 

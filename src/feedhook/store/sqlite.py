@@ -79,7 +79,9 @@ MIGRATIONS: tuple[str, ...] = (
         last_error_at REAL
     );
     """,
-    # Per-subscription counts kept by triggers, so status and metrics never scan.
+    # Per-subscription counts kept by triggers, so status and metrics never scan. A claim
+    # (pending -> in_flight) or a retry (in_flight -> pending) changes no count: both are
+    # "waiting" to the people who read them, and the hot path stays free of trigger work.
     """
     CREATE TABLE delivery_counts (
         subscription TEXT NOT NULL,
@@ -88,23 +90,27 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (subscription, state)
     ) WITHOUT ROWID;
     INSERT INTO delivery_counts (subscription, state, n)
-        SELECT subscription, state, count(*) FROM deliveries GROUP BY subscription, state;
+        SELECT subscription, iif(state = 'in_flight', 'pending', state), count(*)
+        FROM deliveries GROUP BY 1, 2;
     INSERT INTO delivery_counts (subscription, state, n)
         SELECT subscription, 'dead_letter', count(*) FROM dead_letters GROUP BY subscription;
     CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
-        INSERT INTO delivery_counts (subscription, state, n) VALUES (NEW.subscription, NEW.state, 1)
+        INSERT INTO delivery_counts (subscription, state, n)
+            VALUES (NEW.subscription, iif(NEW.state = 'in_flight', 'pending', NEW.state), 1)
             ON CONFLICT (subscription, state) DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF state ON deliveries
-        WHEN OLD.state != NEW.state BEGIN
-        UPDATE delivery_counts SET n = n - 1
-            WHERE subscription = OLD.subscription AND state = OLD.state;
-        INSERT INTO delivery_counts (subscription, state, n) VALUES (NEW.subscription, NEW.state, 1)
+        WHEN iif(OLD.state = 'in_flight', 'pending', OLD.state)
+            != iif(NEW.state = 'in_flight', 'pending', NEW.state) BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE subscription = OLD.subscription
+            AND state = iif(OLD.state = 'in_flight', 'pending', OLD.state);
+        INSERT INTO delivery_counts (subscription, state, n)
+            VALUES (NEW.subscription, iif(NEW.state = 'in_flight', 'pending', NEW.state), 1)
             ON CONFLICT (subscription, state) DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
-        UPDATE delivery_counts SET n = n - 1
-            WHERE subscription = OLD.subscription AND state = OLD.state;
+        UPDATE delivery_counts SET n = n - 1 WHERE subscription = OLD.subscription
+            AND state = iif(OLD.state = 'in_flight', 'pending', OLD.state);
     END;
     CREATE TRIGGER dead_letters_counted_insert AFTER INSERT ON dead_letters BEGIN
         INSERT INTO delivery_counts (subscription, state, n)
@@ -119,6 +125,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+INSERT_CHUNK = 500  # rows per multi-row INSERT: 3,000 parameters, far below SQLite's limit
 
 
 class StoreError(Exception):
@@ -207,27 +214,24 @@ class SqliteStore:
         """Write a page's new events, their deliveries and the cursor in one transaction;
         return the items that were new (the others were already stored)."""
         now = clock.now()
+        first_seen: dict[str, IngestItem] = {}
+        for item in items:
+            first_seen.setdefault(item.upstream_id, item)
+        unique = list(first_seen.values())
         async with self._transaction() as db:
-            fresh: list[IngestItem] = []
-            if items:
-                ids = [item.upstream_id for item in items]
-                marks = ",".join("?" * len(ids))
+            event_ids: dict[str, int] = {}
+            for start in range(0, len(unique), INSERT_CHUNK):
+                chunk = unique[start : start + INSERT_CHUNK]
+                # One statement per chunk: known events are skipped, new ids come back.
                 rows = await db.execute_fetchall(
-                    f"SELECT upstream_id FROM events WHERE source = ? AND upstream_id IN ({marks})",
-                    (source, *ids),
-                )
-                known = {row[0] for row in rows}
-                seen: set[str] = set()
-                for item in items:
-                    if item.upstream_id not in known and item.upstream_id not in seen:
-                        seen.add(item.upstream_id)
-                        fresh.append(item)
-            if fresh:
-                await db.executemany(
-                    "INSERT INTO events (source, upstream_id, envelope_id, type, body, ingested_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
+                    " ingested_at) VALUES "
+                    + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    + " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
                     [
-                        (
+                        value
+                        for i in chunk
+                        for value in (
                             source,
                             i.upstream_id,
                             i.envelope.id,
@@ -235,27 +239,21 @@ class SqliteStore:
                             i.envelope.body,
                             now,
                         )
-                        for i in fresh
                     ],
                 )
-                routed = [i for i in fresh if i.subscriptions]
-                if routed:
-                    marks = ",".join("?" * len(routed))
-                    rows = await db.execute_fetchall(
-                        f"SELECT upstream_id, id FROM events WHERE source = ? "
-                        f"AND upstream_id IN ({marks})",
-                        (source, *(i.upstream_id for i in routed)),
-                    )
-                    event_ids: dict[str, int] = {row[0]: row[1] for row in rows}
-                    await db.executemany(
-                        "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                        " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                        [
-                            (event_ids[i.upstream_id], name, now, now, now)
-                            for i in routed
-                            for name in i.subscriptions
-                        ],
-                    )
+                event_ids.update((row[0], row[1]) for row in rows)
+            fresh = [i for i in unique if i.upstream_id in event_ids]
+            deliveries = [
+                (event_ids[i.upstream_id], name, now, now, now)
+                for i in fresh
+                for name in i.subscriptions
+            ]
+            if deliveries:
+                await db.executemany(
+                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                    " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                    deliveries,
+                )
             # A page read is a successful poll: recorded with the cursor, no extra commit.
             await db.execute(
                 "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
@@ -289,35 +287,41 @@ class SqliteStore:
             return cursor.rowcount
 
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]:
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(
-                "SELECT d.id, d.attempts, d.created_at, e.envelope_id, e.type, e.body,"
-                " e.ingested_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.subscription = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
-                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        """Mark up to `limit` due deliveries in flight and return them, oldest due first.
+
+        One statement, so one round trip to the database thread: the hot path."""
+        async with self._lock:
+            rows = await self.db.execute_fetchall(
+                "UPDATE deliveries SET state = 'in_flight' WHERE id IN"
+                " (SELECT id FROM deliveries WHERE subscription = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
+                " RETURNING id, attempts, created_at, next_attempt_at,"
+                " (SELECT envelope_id FROM events WHERE events.id = event_id),"
+                " (SELECT body FROM events WHERE events.id = event_id),"
+                " (SELECT ingested_at FROM events WHERE events.id = event_id)",
                 (subscription, now, limit),
             )
-            if not rows:
-                return []
-            claimed = [
-                Delivery(
-                    id=row[0],
-                    subscription=subscription,
-                    envelope_id=row[3],
-                    type=row[4],
-                    body=row[5],
-                    attempts=row[1],
-                    created_at=row[2],
-                    ingested_at=row[6],
-                )
-                for row in rows
-            ]
-            marks = ",".join("?" * len(claimed))
-            await db.execute(
-                f"UPDATE deliveries SET state = 'in_flight', updated_at = ? WHERE id IN ({marks})",
-                (now, *(d.id for d in claimed)),
+        rows = sorted(rows, key=lambda row: (row[3], row[0]))
+        return [
+            Delivery(
+                id=row[0],
+                subscription=subscription,
+                envelope_id=row[4],
+                body=row[5],
+                attempts=row[1],
+                created_at=row[2],
+                ingested_at=row[6],
             )
-            return claimed
+            for row in rows
+        ]
+
+    async def release(self, ids: Sequence[int]) -> None:
+        """Claimed deliveries that were never sent go back to pending."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE deliveries SET state = 'pending' WHERE id = ? AND state = 'in_flight'",
+                [(i,) for i in ids],
+            )
 
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         """The earliest pending attempt among these lanes (one index probe per lane)."""
