@@ -143,7 +143,9 @@ class _Model(BaseModel):
 # --- sources -------------------------------------------------------------------------
 
 
-class _SourceCommon(_Model):
+class SourceSettings(_Model):
+    """What every source kind has."""
+
     url: HttpUrl
     poll_interval: Duration = 10.0
     timeout: Duration = 30.0
@@ -152,7 +154,16 @@ class _SourceCommon(_Model):
     start: str = "latest"
 
 
-class _BebanjoFeed(_SourceCommon):
+class _LatestOrEarliest(SourceSettings):
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value in ("latest", "earliest"):
+            return value
+        raise ValueError(f"expected latest or earliest, got {value!r}")
+
+
+class _BebanjoSource(SourceSettings):
     username: str = Field(min_length=1)
     password: SecretStr
     events_url: HttpUrl | None = None
@@ -184,17 +195,17 @@ class _BebanjoFeed(_SourceCommon):
         return value
 
 
-class SequenceSource(_BebanjoFeed):
+class SequenceSource(_BebanjoSource):
     kind: Literal["sequence"]
     format: Literal["json", "xml"] = "json"
 
 
-class MovidaSource(_BebanjoFeed):
+class MovidaSource(_BebanjoSource):
     kind: Literal["movida"]
     format: Literal["xml"] = "xml"
 
 
-class TeamHubSource(_SourceCommon):
+class TeamHubSource(_LatestOrEarliest):
     """Helix TeamHub's company event feed (newest first, offset paging, header auth)."""
 
     kind: Literal["teamhub"]
@@ -207,15 +218,8 @@ class TeamHubSource(_SourceCommon):
     live_events: Literal["on_complete", "each_update"] = "on_complete"
     live_timeout: Duration = 3600.0
 
-    @field_validator("start")
-    @classmethod
-    def _start(cls, value: str) -> str:
-        if value in ("latest", "earliest"):
-            return value
-        raise ValueError(f"expected latest or earliest, got {value!r}")
 
-
-class ModuloSource(_SourceCommon):
+class ModuloSource(_LatestOrEarliest):
     """Modulo Risk Manager workflow event updates, one feed per event code."""
 
     kind: Literal["modulo"]
@@ -239,13 +243,6 @@ class ModuloSource(_SourceCommon):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", code):
                 raise ValueError(f"not an event code: {code!r} (letters, digits, '-' and '_')")
         return value
-
-    @field_validator("start")
-    @classmethod
-    def _start(cls, value: str) -> str:
-        if value in ("latest", "earliest"):
-            return value
-        raise ValueError(f"expected latest or earliest, got {value!r}")
 
     @model_validator(mode="after")
     def _one_auth(self) -> ModuloSource:

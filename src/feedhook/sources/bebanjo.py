@@ -20,7 +20,7 @@ from defusedxml.ElementTree import fromstring
 from feedhook.config import MovidaSource, SequenceSource, redact_url
 from feedhook.envelope import Envelope, make_envelope
 from feedhook.sources.base import FeedError, Page
-from feedhook.sources.http import FeedClient
+from feedhook.sources.http import HttpFeed
 
 log = logging.getLogger("feedhook.source")
 
@@ -166,39 +166,21 @@ def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Env
 # --- the source ----------------------------------------------------------------------
 
 
-class BebanjoFeed:
+class BebanjoFeed(HttpFeed):
     """One Sequence or Movida account's event feed."""
 
+    config: SequenceSource | MovidaSource
+
     def __init__(self, name: str, config: SequenceSource | MovidaSource) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config)
         self.system = config.kind
         self.api_url = config.url.rstrip("/")
-        self.poll_interval = config.poll_interval
-        self.max_backoff = config.max_backoff
         self._events_url = config.events_url
-        self._session: aiohttp.ClientSession | None = None
-        self._client: FeedClient | None = None
 
-    async def open(self) -> None:
+    def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
         # One Digest middleware per upstream origin, as aiohttp scopes its credentials.
-        digest = aiohttp.DigestAuthMiddleware(
-            self.config.username, self.config.password.get_secret_value()
-        )
-        self._session = aiohttp.ClientSession(middlewares=(digest,))
-        self._client = FeedClient(
-            self.name, self._session, self.config.rate_limit, self.config.timeout
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def client(self) -> FeedClient:
-        if self._client is None:
-            raise RuntimeError("source not opened")
-        return self._client
+        config = self.config
+        return (aiohttp.DigestAuthMiddleware(config.username, config.password.get_secret_value()),)
 
     # --- feed access -----------------------------------------------------------------
 

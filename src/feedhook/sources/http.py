@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from feedhook.config import RateLimit, redact_url
+from feedhook.config import RateLimit, SourceSettings, redact_url
 from feedhook.delivery.sender import parse_retry_after
 from feedhook.sources.base import FeedError
 
@@ -193,6 +193,39 @@ class FeedClient:
         raise HttpStatusError(
             status, f"{shown}: HTTP {status} ({hint}){': ' + excerpt if excerpt else ''}"
         )
+
+
+class HttpFeed:
+    """What every HTTP feed holds: a name, its config, one session and one FeedClient.
+
+    Subclasses add their auth (a session middleware, or headers per request)."""
+
+    def __init__(self, name: str, config: SourceSettings) -> None:
+        self.name = name
+        self.config = config
+        self.poll_interval = config.poll_interval
+        self.max_backoff = config.max_backoff
+        self._session: aiohttp.ClientSession | None = None
+        self._client: FeedClient | None = None
+
+    def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
+        return ()
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(middlewares=self.middlewares())
+        self._client = FeedClient(
+            self.name, self._session, self.config.rate_limit, self.config.timeout
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def client(self) -> FeedClient:
+        if self._client is None:
+            raise RuntimeError(f"source {self.name} is not open")
+        return self._client
 
 
 async def _read_capped(response: aiohttp.ClientResponse, shown: str) -> bytes:

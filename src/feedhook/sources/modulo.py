@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import aiohttp
 import orjson
 
 from feedhook import clock
@@ -24,7 +23,7 @@ from feedhook.config import ModuloSource as ModuloConfig
 from feedhook.config import redact_url
 from feedhook.envelope import Envelope, make_envelope
 from feedhook.sources.base import FeedError, Page
-from feedhook.sources.http import FeedClient, HttpStatusError
+from feedhook.sources.http import HttpFeed, HttpStatusError
 
 log = logging.getLogger("feedhook.source")
 
@@ -193,36 +192,17 @@ def dump_cursor(codes: dict[str, CodeCursor | None]) -> str:
     )
 
 
-class ModuloFeed:
+class ModuloFeed(HttpFeed):
+    config: ModuloConfig
+
     def __init__(self, name: str, config: ModuloConfig) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config)
         self.ws_url = config.url.rstrip("/")
-        self.poll_interval = config.poll_interval
-        self.max_backoff = config.max_backoff
-        self._session: aiohttp.ClientSession | None = None
-        self._client: FeedClient | None = None
         self._token: str | None = (
             config.token.get_secret_value() if config.token is not None else None
         )
         self._token_expires = float("inf")
         self._round: deque[str] = deque()
-
-    async def open(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self._client = FeedClient(
-            self.name, self._session, self.config.rate_limit, self.config.timeout
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def client(self) -> FeedClient:
-        if self._client is None:
-            raise RuntimeError("source not opened")
-        return self._client
 
     # --- auth ------------------------------------------------------------------------
 

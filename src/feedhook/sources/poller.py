@@ -26,6 +26,7 @@ T = TypeVar("T")
 # A source that keeps failing this long counts as failing (not merely retrying).
 FAILING_AFTER_POLLS = 3
 FAILING_AFTER_SECONDS = 300.0
+READ_AHEAD_PAGES = 20  # fetched but not yet written: lost (and read again) on a crash
 
 
 @dataclass
@@ -91,39 +92,44 @@ class Poller:
             # Stored at once: a restart must not move "latest" past unread events.
             await self.store.ingest(name, [], cursor)
             log.info("%s: starting at cursor %s", name, cursor, extra={"source": name})
-        page: Page = await self._fetch(cursor)
-        while True:
-            # A full page means more is waiting: fetch it while this one is written.
-            ahead: asyncio.Task[Page] | None = None
-            if page.more:
-                ahead = asyncio.create_task(self._fetch(page.cursor))
-            try:
+        # Reading runs ahead of writing: while one batch is committed, the next pages are
+        # already being fetched; whatever has arrived is written in one transaction.
+        pages: asyncio.Queue[Page] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._read(cursor, pages), name=f"read:{name}")
+            while True:
+                batch = [await pages.get()]
+                while not pages.empty() and len(batch) < READ_AHEAD_PAGES:
+                    batch.append(pages.get_nowait())
                 router = self.router()
                 items = [
                     IngestItem(upstream_id, envelope, router.match(envelope))
+                    for page in batch
                     for upstream_id, envelope in page.events
                 ]
-                fresh = await self.store.ingest(name, items, page.cursor)
-                self._succeeded(page, fresh)
-                if ahead is None:
-                    await asyncio.sleep(self.source.poll_interval)
-                    page = await self._fetch(page.cursor)
-                else:
-                    page = await ahead
-            finally:
-                if ahead is not None and not ahead.done():
-                    ahead.cancel()
+                fresh = await self.store.ingest(name, items, batch[-1].cursor)
+                self._succeeded(batch, fresh)
 
-    def _succeeded(self, page: Page, fresh: Sequence[IngestItem]) -> None:
+    async def _read(self, cursor: str, pages: asyncio.Queue[Page]) -> None:
+        """Fetch page after page; wait poll_interval only once the feed is drained."""
+        while True:
+            page = await self._fetch(cursor)
+            self.health.catching_up = page.more
+            await pages.put(page)
+            cursor = page.cursor
+            if not page.more:
+                await asyncio.sleep(self.source.poll_interval)
+
+    def _succeeded(self, batch: Sequence[Page], fresh: Sequence[IngestItem]) -> None:
         health, name = self.health, self.source.name
         health.last_success_at = clock.now()
-        health.catching_up = page.more
         if health.failing_since is not None:
             log.info("%s: the feed answers again", name, extra={"source": name})
         health.failing_since = health.last_error = None
-        self.metrics.polls.labels(name).inc()
-        if page.events:
-            newest = max(datetime.fromisoformat(e.time).timestamp() for _, e in page.events)
+        self.metrics.polls.labels(name).inc(len(batch))
+        times = {e.time for page in batch for _, e in page.events}
+        if times:
+            newest = max(datetime.fromisoformat(t).timestamp() for t in times)
             health.newest_event_at = max(newest, health.newest_event_at or newest)
         if fresh:
             self.on_ingest()
@@ -134,7 +140,7 @@ class Poller:
                 "%s: ingested %d events up to %s",
                 name,
                 len(fresh),
-                page.cursor,
+                batch[-1].cursor,
                 extra={"source": name},
             )
 

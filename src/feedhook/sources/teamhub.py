@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
 from feedhook import clock
@@ -23,7 +22,7 @@ from feedhook.config import TeamHubSource as TeamHubConfig
 from feedhook.config import redact_url
 from feedhook.envelope import Envelope, make_envelope
 from feedhook.sources.base import FeedError, Page
-from feedhook.sources.http import FeedClient, HttpStatusError
+from feedhook.sources.http import HttpFeed, HttpStatusError
 
 log = logging.getLogger("feedhook.source")
 
@@ -142,37 +141,18 @@ def normalize(
     )
 
 
-class TeamHubFeed:
+class TeamHubFeed(HttpFeed):
+    config: TeamHubConfig
+
     def __init__(self, name: str, config: TeamHubConfig) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config)
         self.api_url = config.url.rstrip("/")
-        self.poll_interval = config.poll_interval
-        self.max_backoff = config.max_backoff
         self._headers = {
             "Authorization": (
                 f"hth.company_key='{config.company_key.get_secret_value()}',"
                 f"account_key='{config.account_key.get_secret_value()}'"
             )
         }
-        self._session: aiohttp.ClientSession | None = None
-        self._client: FeedClient | None = None
-
-    async def open(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self._client = FeedClient(
-            self.name, self._session, self.config.rate_limit, self.config.timeout
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def client(self) -> FeedClient:
-        if self._client is None:
-            raise RuntimeError("source not opened")
-        return self._client
 
     # --- requests --------------------------------------------------------------------
 
