@@ -528,8 +528,11 @@ async def main_async(args: argparse.Namespace) -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(document, indent=2)
-    (RESULTS / f"{stamp}-{document['mode']}.json").write_text(text)
-    (RESULTS / f"latest-{document['mode']}.json").write_text(text)
+    if args.only:  # a subset is kept for the record, never as the latest complete run
+        (RESULTS / f"{stamp}-{document['mode']}-partial.json").write_text(text)
+    else:
+        (RESULTS / f"{stamp}-{document['mode']}.json").write_text(text)
+        (RESULTS / f"latest-{document['mode']}.json").write_text(text)
     print()
     print(f"machine: {document['machine']['cores']} cores, {document['machine']['memory_mb']:,} MB,"
           f" Python {document['machine']['python']}")
