@@ -33,7 +33,6 @@ from typing import Any
 import aiohttp
 import yaml
 
-from feedhook.delivery.signing import Signer
 from feedhook.sources.bebanjo import RawEvent, normalize
 
 HERE = Path(__file__).parent
@@ -130,9 +129,10 @@ class Bridge:
             "FEEDHOOK_LOG_LEVEL": "WARNING",
             "FEEDHOOK_LOG_FORMAT": "json",
         }
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "feedhook", "run", env=env, stderr=open(self.dir / "log", "wb")
-        )
+        with (self.dir / "log").open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "feedhook", "run", env=env, stderr=log
+            )
 
     def peak_rss_mb(self) -> float:
         assert self.proc is not None
@@ -326,10 +326,10 @@ async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
     rate_each = "100"  # 200 events/s across the two feeds
     async with (
         server("receiver", "--record-ids") as rx,
-        server("feed", "--system", "sequence", "--rate", rate_each, "--seconds", str(seconds))
-        as seq,
-        server("feed", "--system", "movida", "--rate", rate_each, "--seconds", str(seconds))
-        as mov,
+        server(
+            "feed", "--system", "sequence", "--rate", rate_each, "--seconds", str(seconds)
+        ) as seq,
+        server("feed", "--system", "movida", "--rate", rate_each, "--seconds", str(seconds)) as mov,
     ):
         bridge = Bridge(
             work,
@@ -426,7 +426,10 @@ async def scenario_fanout(sizes: dict[str, int], work: Path) -> Result:
         bridge = Bridge(
             work,
             {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
-            {f"s{i:02d}": subscription(rx, f"s{i:02d}", max_in_flight=per_lane) for i in range(subs)},
+            {
+                f"s{i:02d}": subscription(rx, f"s{i:02d}", max_in_flight=per_lane)
+                for i in range(subs)
+            },
         )
         await bridge.start()
         try:
@@ -479,8 +482,11 @@ QUICK = {
 
 def machine() -> dict[str, Any]:
     memory = next(
-        (int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-         if line.startswith("MemTotal:")),
+        (
+            int(line.split()[1]) // 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
         0,
     )
     return {
@@ -497,7 +503,9 @@ def table(results: list[Result]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        reference = f"{r.reference_value:,} ({r.reference})" if r.reference_value is not None else "-"
+        reference = (
+            f"{r.reference_value:,} ({r.reference})" if r.reference_value is not None else "-"
+        )
         extra = "".join(f"; {k} {v}" for k, v in r.details.items())
         lines.append(
             f"| {r.scenario}: {r.metric} | {r.value:,} {r.unit}{extra} | {reference} | "
@@ -515,8 +523,11 @@ async def main_async(args: argparse.Namespace) -> int:
             started = time.time()
             print(f"-- {name} ...", flush=True)
             result = await SCENARIOS[name](sizes, Path(tmp))
-            print(f"   {result.value:,} {result.unit} (ref {result.reference_value}) "
-                  f"in {time.time() - started:.1f}s", flush=True)
+            print(
+                f"   {result.value:,} {result.unit} (ref {result.reference_value}) "
+                f"in {time.time() - started:.1f}s",
+                flush=True,
+            )
             results.append(result)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {
@@ -534,8 +545,10 @@ async def main_async(args: argparse.Namespace) -> int:
         (RESULTS / f"{stamp}-{document['mode']}.json").write_text(text)
         (RESULTS / f"latest-{document['mode']}.json").write_text(text)
     print()
-    print(f"machine: {document['machine']['cores']} cores, {document['machine']['memory_mb']:,} MB,"
-          f" Python {document['machine']['python']}")
+    print(
+        f"machine: {document['machine']['cores']} cores, {document['machine']['memory_mb']:,} MB,"
+        f" Python {document['machine']['python']}"
+    )
     print(table(results))
     return 0 if all(r.met for r in results) else 1
 
