@@ -255,25 +255,43 @@ def subscription(rx: Proc, name: str, **extra: Any) -> dict[str, Any]:
     return {"url": f"{rx.url}/{name}", "secret": SECRET, "types": ["*"], **extra}
 
 
-async def scenario_throughput(sizes: dict[str, int], work: Path) -> Result:
-    n, concurrency = sizes["throughput"], 64
-    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
-        await raw_post(f"{rx.url}/raw", sample_bodies(n), concurrency)
+async def delivery_vs_raw(
+    work: Path,
+    events: int,
+    bodies: list[tuple[str, bytes]],
+    concurrency: int,
+    subscriptions: Callable[[Proc], dict[str, Any]],
+) -> tuple[float, float]:
+    """Deliveries/s, first to last receipt: feedhook draining an `events` backlog, and a
+    raw client POSTing `bodies` at the same total concurrency to the same receiver."""
+    total = len(bodies)
+    async with server("feed", "--events", str(events)) as feed, server("receiver") as rx:
+        await raw_post(f"{rx.url}/raw", bodies, concurrency)
         raw = await rx.stats()
-        raw_rate = n / (raw["last"] - raw["first"])
         await rx.post("/_reset")
         bridge = Bridge(
             work,
             {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
-            {"all": subscription(rx, "all", max_in_flight=concurrency)},
+            subscriptions(rx),
         )
         await bridge.start()
         try:
-            await until(lambda: received(rx, n), timeout=600, every=0.2)
+            await until(lambda: received(rx, total), timeout=1800, every=0.2)
         finally:
             await bridge.stop()
         got = await rx.stats()
-    rate = n / (got["last"] - got["first"])
+    return total / (got["last"] - got["first"]), total / (raw["last"] - raw["first"])
+
+
+async def scenario_throughput(sizes: dict[str, int], work: Path) -> Result:
+    n, concurrency = sizes["throughput"], 64
+    rate, raw_rate = await delivery_vs_raw(
+        work,
+        n,
+        sample_bodies(n),
+        concurrency,
+        lambda rx: {"all": subscription(rx, "all", max_in_flight=concurrency)},
+    )
     ratio = rate / raw_rate
     return Result(
         "delivery throughput",
@@ -417,27 +435,15 @@ async def scenario_memory(sizes: dict[str, int], work: Path) -> Result:
 async def scenario_fanout(sizes: dict[str, int], work: Path) -> Result:
     n, subs, per_lane = sizes["fanout"], 20, 8
     total = n * subs
-    async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
-        bodies = sample_bodies(n) * subs
-        await raw_post(f"{rx.url}/raw", bodies, subs * per_lane)
-        raw = await rx.stats()
-        raw_rate = total / (raw["last"] - raw["first"])
-        await rx.post("/_reset")
-        bridge = Bridge(
-            work,
-            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
-            {
-                f"s{i:02d}": subscription(rx, f"s{i:02d}", max_in_flight=per_lane)
-                for i in range(subs)
-            },
-        )
-        await bridge.start()
-        try:
-            await until(lambda: received(rx, total), timeout=1800, every=0.2)
-        finally:
-            await bridge.stop()
-        got = await rx.stats()
-    rate = total / (got["last"] - got["first"])
+    rate, raw_rate = await delivery_vs_raw(
+        work,
+        n,
+        sample_bodies(n) * subs,
+        subs * per_lane,
+        lambda rx: {
+            f"s{i:02d}": subscription(rx, f"s{i:02d}", max_in_flight=per_lane) for i in range(subs)
+        },
+    )
     ratio = rate / raw_rate
     return Result(
         "fan-out",

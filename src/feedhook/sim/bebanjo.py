@@ -71,14 +71,6 @@ class SimFeed(SimUpstream):
 
     # --- control ---------------------------------------------------------------------
 
-    @property
-    def api_url(self) -> str:
-        return f"{self.server.url}/api"
-
-    async def start(self) -> str:
-        await super().start()
-        return self.api_url
-
     def inject(self, fault: Fault | str, times: int = 1) -> None:
         """The next `times` feed responses fail this way."""
         # A rejected Digest answer is retried once with a fresh challenge by the client:

@@ -81,8 +81,14 @@ class SimUpstream:
     def app(self) -> web.Application:
         raise NotImplementedError
 
+    @property
+    def api_url(self) -> str:
+        """The API root to configure as a source's url."""
+        return f"{self.server.url}/api"
+
     async def start(self) -> str:
-        return await self.server.start()
+        await self.server.start()
+        return self.api_url
 
     async def stop(self) -> None:
         await self.server.stop()

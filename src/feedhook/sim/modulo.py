@@ -55,6 +55,10 @@ class SimModulo(SimUpstream):
         return f"{self.server.url}/WorkflowWS"
 
     @property
+    def api_url(self) -> str:
+        return self.ws_url  # Modulo sources are configured with {WSUrl}
+
+    @property
     def token_url(self) -> str:
         return f"{self.server.url}/RM/APIIntegration/token"
 

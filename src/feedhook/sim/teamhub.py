@@ -37,14 +37,6 @@ class SimTeamHub(SimUpstream):
         self.after_page: Callable[[int], None] | None = None
         super().__init__(**upstream)
 
-    @property
-    def api_url(self) -> str:
-        return f"{self.server.url}/api"
-
-    async def start(self) -> str:
-        await super().start()
-        return self.api_url
-
     def add_events(
         self,
         count: int,
