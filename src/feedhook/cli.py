@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -175,6 +176,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     path = _config_path(args, settings)
     config = load_config(path)
     logs.redact.update(config.secret_values() | {settings.admin_token or ""})
+    _tune_gc()
 
     async def run() -> int:
         runtime = Runtime()
@@ -199,6 +201,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         for error in failed.exceptions:
             print(f"feedhook: stopped by an unexpected error: {error!r}", file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _tune_gc() -> None:
+    """The worker allocates many short-lived objects that reference counting frees at
+    once; the cycle collector need not rescan the startup heap (frozen) or run every 700
+    allocations. Measured: about 6% less CPU per delivery (BENCHMARKS.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 # --- check ---------------------------------------------------------------------------
