@@ -253,3 +253,26 @@ def test_the_example_config_is_valid(
     for kind in ("sequence", "movida", "teamhub", "modulo"):
         assert f": {kind} at " in out
     assert "sentinel-value" not in out
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FEEDHOOK_* with their documented defaults; levels and formats in any case."""
+    import os
+
+    from feedhook.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith("FEEDHOOK_")]:
+        monkeypatch.delenv(name)
+    defaults = Settings()
+    assert (defaults.config, defaults.db, defaults.admin_host, defaults.admin_port) == (
+        "hooks.yaml",
+        "feedhook.db",
+        "127.0.0.1",
+        8080,
+    )
+    assert defaults.admin_token is None and defaults.log_format == "auto"
+    monkeypatch.setenv("FEEDHOOK_LOG_LEVEL", "debug")
+    monkeypatch.setenv("FEEDHOOK_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("FEEDHOOK_ADMIN_PORT", "9090")
+    settings = Settings()
+    assert (settings.log_level, settings.log_format, settings.admin_port) == ("DEBUG", "json", 9090)
