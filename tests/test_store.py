@@ -236,11 +236,54 @@ async def test_migration_backfills_counts(tmp_path: Path) -> None:
     try:
         async with SqliteStore(path) as store:
             await store.ingest("seq", [item(n, ("a",)) for n in range(1, 6)], "5")
-            claimed = await store.claim_due("a", 1e12, 2)
-            await store.complete([Outcome(claimed[0].id, "dead", 1, at=1.0, reason="x")])
+            # Written as that version's code did: one dead, one in flight.
+            await store.db.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1")
+            await store.db.execute("UPDATE deliveries SET state = 'in_flight' WHERE id = 2")
+            await store.db.execute(
+                "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
+                " attempts, reason, failed_at) VALUES (1, 'a', 'seq:1', 't', 1, 'x', 1.0)"
+            )
     finally:
         module.MIGRATIONS = original
         module.SCHEMA_VERSION = len(original)
     async with SqliteStore(path) as store:
         counts = (await store.counts())["a"]
     assert (counts.pending, counts.dead, counts.dead_letter) == (4, 1, 1)
+
+
+async def test_one_claim_serves_many_subscriptions(store: SqliteStore) -> None:
+    """A claim for several lanes takes at most each lane's share, oldest first, and every
+    body travels with its own delivery."""
+    await store.ingest("seq", [item(n, ("a", "b", "c")) for n in range(1, 11)], "10")
+    claimed = await store.claim({"a": 3, "b": 20, "c": 0}, now=1e12)
+    by_lane: dict[str, list[str]] = {}
+    for d in claimed:
+        by_lane.setdefault(d.subscription, []).append(d.envelope_id)
+        assert f'"id":"{d.envelope_id}"'.encode() in d.body
+    assert by_lane == {
+        "a": ["seq:1", "seq:2", "seq:3"],
+        "b": [f"seq:{n}" for n in range(1, 11)],
+    }
+    assert [d.subscription for d in await store.claim({"a": 100, "b": 1}, 1e12)] == ["a"] * 7
+    assert await store.claim({"a": 5, "c": 0}, now=1e12) == []
+
+
+async def test_a_task_cancelled_while_beginning_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """A poller cancelled while its BEGIN is queued rolls back: later single-statement
+    writes (outcomes) are committed, not swallowed by a transaction nobody commits."""
+    path = tmp_path / "t.db"
+    async with SqliteStore(path) as store:
+        await store.ingest("seq", [item(1)], "1")
+        (claimed,) = await store.claim_due("a", 1e12, 10)
+        task = asyncio.create_task(store.ingest("seq", [item(2)], "2"))
+        await asyncio.sleep(0)  # the ingest now waits on its BEGIN
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.complete([Outcome(claimed.id, "delivered", 1, at=2.0, status_code=200)])
+    async with SqliteStore(path) as store:
+        counts = (await store.counts())["a"]
+        assert (counts.delivered, counts.pending) == (1, 0)
+        assert await store.get_cursor("seq") == "1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,7 @@ log = logging.getLogger("feedhook.delivery")
 IDLE_POLL = 1.0
 WRITE_BATCH = 1000
 CATCH_UP_SHARE = 4
+MIN_RESERVE = 64
 
 
 @dataclass
@@ -50,14 +51,21 @@ class Lane:
         return self.cap - self.in_flight
 
     @property
-    def wanted(self) -> int:
-        """How many more to claim: enough for a full lane plus one lane's worth ready."""
-        return 2 * self.cap - self.in_flight - len(self.ready)
+    def reserve(self) -> int:
+        """Claimed deliveries kept waiting beyond the lane's room, so that the next claim
+        (a few trips to the database thread, each as long as a busy turn of the event
+        loop) is back before the lane runs dry."""
+        return max(4 * self.cap, MIN_RESERVE)
 
     @property
-    def batch(self) -> int:
-        """Claim in chunks while busy: one query per several completions, not per one."""
-        return max(1, self.cap // 4)
+    def wanted(self) -> int:
+        """How many more to claim: enough to fill the lane and the whole reserve."""
+        return self.reserve + max(self.room, 0) - len(self.ready)
+
+    @property
+    def low(self) -> bool:
+        """Half the reserve is gone: time to claim more."""
+        return len(self.ready) < self.reserve // 2
 
     def throttle(self, catching_up: bool) -> None:
         most = self.config.max_in_flight
@@ -154,15 +162,15 @@ class Dispatcher:
                 released, self._released = self._released, []
                 await self.store.release(released)
             catching_up = self.catching_up()
-            for lane in list(self.lanes.values()):
+            wants: dict[str, int] = {}
+            for lane in self.lanes.values():
                 lane.throttle(catching_up)
-                wanted = lane.wanted
                 busy = lane.in_flight or lane.ready
-                if lane.maybe_due and wanted > 0 and not (busy and wanted < lane.batch):
-                    claimed = await self.store.claim_due(lane.name, now, wanted)
-                    if len(claimed) < wanted:
-                        lane.maybe_due = False
-                    lane.ready.extend(claimed)
+                if lane.maybe_due and lane.wanted > 0 and not (busy and not lane.low):
+                    wants[lane.name] = lane.wanted
+            if wants:
+                await self._claim(wants, now)
+            for lane in self.lanes.values():
                 while lane.ready and lane.room > 0:
                     self._start(lane, lane.ready.popleft())
             if self._stopping:
@@ -178,6 +186,24 @@ class Dispatcher:
             except TimeoutError:
                 if self._next_retry is None or clock.now() < self._next_retry:
                     self.wake()  # the periodic look: replays made by other processes
+
+    async def _claim(self, wants: dict[str, int], now: float) -> None:
+        """One claim for every lane that wants work: one trip, however many lanes."""
+        for name in wants:
+            # Cleared first: a wake() while the claim runs (new events) sets it again.
+            self.lanes[name].maybe_due = False
+        claimed = await self.store.claim(wants, now)
+        got: Counter[str] = Counter()
+        for delivery in claimed:
+            lane = self.lanes.get(delivery.subscription)
+            if lane is None:  # removed by a reload while the claim ran
+                self._released.append(delivery.id)
+                continue
+            lane.ready.append(delivery)
+            got[delivery.subscription] += 1
+        for name, wanted in wants.items():
+            if got[name] >= wanted and name in self.lanes:
+                self.lanes[name].maybe_due = True  # a full claim: there may be more
 
     def _start(self, lane: Lane, delivery: Delivery) -> None:
         lane.in_flight += 1
@@ -229,7 +255,7 @@ class Dispatcher:
             lane.in_flight -= 1
             if lane.ready and not self._stopping:
                 self._start(lane, lane.ready.popleft())  # the next one at once, no loop trip
-            if len(lane.ready) < lane.batch:
+            if lane.low:
                 self._wake.set()  # refill before the lane runs dry
 
     def _failed(
