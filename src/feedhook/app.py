@@ -84,7 +84,6 @@ class Worker:
                 Sender(session, f"feedhook/{__version__}"),
                 grace=self.grace,
                 metrics=self.metrics,
-                catching_up=lambda: any(t.poller.health.catching_up for t in self._tails.values()),
             )
             self.dispatcher = dispatcher
             async with asyncio.TaskGroup() as tasks:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,6 @@ log = logging.getLogger("feedhook.delivery")
 # replay made by another process (feedhook dlq replay) is picked up.
 IDLE_POLL = 1.0
 WRITE_BATCH = 1000
-CATCH_UP_SHARE = 4
 MIN_RESERVE = 64
 
 
@@ -36,15 +35,16 @@ class Lane:
     signer: Signer
     policy: RetryPolicy
     in_flight: int = 0
-    # The concurrency allowed right now: max_in_flight, or a quarter of it while a source
-    # is catching up on a backlog (getting events into the outbox comes first).
-    cap: int = 1
     # Claimed but not yet sent: keeps the lane busy while the store is in a long write.
     ready: deque[Delivery] = field(default_factory=deque)
     # Whether the store may hold due work for this lane; cleared when a claim comes back
     # short, set again by ingest, replays and the retry clock.
     maybe_due: bool = True
     meters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cap(self) -> int:
+        return self.config.max_in_flight
 
     @property
     def room(self) -> int:
@@ -66,10 +66,6 @@ class Lane:
     def low(self) -> bool:
         """Half the reserve is gone: time to claim more."""
         return len(self.ready) < self.reserve // 2
-
-    def throttle(self, catching_up: bool) -> None:
-        most = self.config.max_in_flight
-        self.cap = max(1, most // CATCH_UP_SHARE) if catching_up else most
 
     @classmethod
     def build(cls, name: str, config: SubscriptionConfig) -> Lane:
@@ -93,10 +89,8 @@ class Dispatcher:
         sender: Sender,
         grace: float = 8.0,
         metrics: Metrics | None = None,
-        catching_up: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
-        self.catching_up = catching_up
         self.sender = sender
         self.grace = grace
         self.metrics = metrics or Metrics()
@@ -161,10 +155,8 @@ class Dispatcher:
             if self._released:
                 released, self._released = self._released, []
                 await self.store.release(released)
-            catching_up = self.catching_up()
             wants: dict[str, int] = {}
             for lane in self.lanes.values():
-                lane.throttle(catching_up)
                 busy = lane.in_flight or lane.ready
                 if lane.maybe_due and lane.wanted > 0 and not (busy and not lane.low):
                     wants[lane.name] = lane.wanted

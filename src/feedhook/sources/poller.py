@@ -39,7 +39,6 @@ class SourceHealth:
     failing_since: float | None = None
     last_error: str | None = None
     newest_event_at: float | None = None
-    catching_up: bool = False  # the last page was full: more is waiting upstream
 
     def state(self, now: float) -> str:
         if self.failing_since is None:
@@ -114,7 +113,6 @@ class Poller:
         """Fetch page after page; wait poll_interval only once the feed is drained."""
         while True:
             page = await self._fetch(cursor)
-            self.health.catching_up = page.more
             await pages.put(page)
             cursor = page.cursor
             if not page.more:
