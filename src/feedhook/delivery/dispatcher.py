@@ -157,9 +157,9 @@ class Dispatcher:
                 await self.store.release(released)
             wants: dict[str, int] = {}
             for lane in self.lanes.values():
-                busy = lane.in_flight or lane.ready
-                if lane.maybe_due and lane.wanted > 0 and not (busy and not lane.low):
-                    wants[lane.name] = lane.wanted
+                idle = not (lane.in_flight or lane.ready)
+                if lane.maybe_due and (idle or lane.low) and (wanted := lane.wanted) > 0:
+                    wants[lane.name] = wanted
             if wants:
                 await self._claim(wants, now)
             for lane in self.lanes.values():

@@ -429,12 +429,13 @@ class SqliteStore:
             " last_status = o.value ->> 5, last_error = o.value ->> 6"
             " FROM json_each(?) AS o WHERE deliveries.id = o.value ->> 0"
         )
+        params = (_json(rows),)
         if not dead:  # the hot path: one statement is its own transaction
             async with self._lock:
-                await self.db.execute(update, (_json(rows),))
+                await self.db.execute(update, params)
             return
         async with self._transaction() as db:
-            await db.execute(update, (_json(rows),))
+            await db.execute(update, params)
             await db.executemany(
                 "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
                 " attempts, status_code, reason, response_body, failed_at)"
