@@ -1,4 +1,8 @@
-"""The worker: one poller per source and the dispatcher, under one TaskGroup."""
+"""The worker: the dispatcher and the pollers of every source, until stopped.
+
+The pollers run in this process (`Tails`) or in an ingest process of their own
+(`IngestProcess`, what `feedhook run` uses): either way they report each poll to the
+worker, which counts it and wakes the dispatcher."""
 
 from __future__ import annotations
 
@@ -6,36 +10,49 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 from feedhook import __version__, logs
-from feedhook.config import Config, ConfigError, SourceConfig, load_config
+from feedhook.config import Config, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
+from feedhook.ingest_process import IngestProcess
 from feedhook.metrics import Metrics
-from feedhook.router import Router
-from feedhook.sources import Source, build_source
-from feedhook.sources.poller import Poller, SourceHealth
+from feedhook.sources.poller import SourceHealth
 from feedhook.store.base import Store
+from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
 
 
-@dataclass
-class _Tail:
-    """A running poller and what it was started with."""
+class PollMeter:
+    """What the worker does with each poll: metrics, and new events wake the dispatcher."""
 
-    config: SourceConfig
-    source: Source
-    poller: Poller
-    task: asyncio.Task[None]
+    def __init__(self, metrics: Metrics, wake: Callable[[], None]) -> None:
+        self.metrics = metrics
+        self.wake = wake
+
+    def started(self, health: SourceHealth) -> None:
+        pass
+
+    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
+        self.metrics.polls.labels(health.name).inc(pages)
+        for type_, count in types.items():
+            self.metrics.events_ingested.labels(health.name, type_).inc(count)
+        if types:
+            self.wake()
+
+    def failed(self, health: SourceHealth, cause: str) -> None:
+        self.metrics.poll_errors.labels(health.name, cause).inc()
 
 
 class Worker:
-    """Tails every source into the store and delivers what is due, until `stop()`."""
+    """Tails every source into the store and delivers what is due, until `stop()`.
+
+    With `ingest_db` (the path of the database `store` has open), the pollers run in an
+    ingest process of their own; without, in this one."""
 
     def __init__(
         self,
@@ -44,17 +61,18 @@ class Worker:
         grace: float = 8.0,
         metrics: Metrics | None = None,
         config_path: str | Path | None = None,
+        ingest_db: str | Path | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.grace = grace
         self.metrics = metrics or Metrics()
         self.config_path = config_path
-        self.router = Router(config.subscriptions)
+        self.ingest_db = ingest_db
         self.dispatcher: Dispatcher | None = None
+        self.ingest: Tails | IngestProcess | None = None
         self.running = False
         self._stop = asyncio.Event()
-        self._tails: dict[str, _Tail] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
 
@@ -63,21 +81,25 @@ class Worker:
 
     @property
     def health(self) -> dict[str, SourceHealth]:
-        return {name: tail.poller.health for name, tail in self._tails.items()}
+        return dict(self.ingest.health) if self.ingest is not None else {}
 
     def alive(self) -> bool:
-        """The dispatcher and every poller are still running."""
-        if not self.running or self.dispatcher is None:
+        """The dispatcher and the pollers are still running."""
+        if not self.running or self.dispatcher is None or self.ingest is None:
             return False
-        return all(not tail.task.done() for tail in self._tails.values())
+        return self.ingest.alive()
+
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     async def run(self) -> None:
         recovered = await self.store.recover_in_flight()
         if recovered:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
+        meter = PollMeter(self.metrics, self._wake)
         async with AsyncExitStack() as stack:
             session = await stack.enter_async_context(new_session())
-            stack.push_async_callback(self._close_sources)
             dispatcher = Dispatcher(
                 self.store,
                 self.config.subscriptions,
@@ -86,44 +108,31 @@ class Worker:
                 metrics=self.metrics,
             )
             self.dispatcher = dispatcher
+            if self.ingest_db is not None:
+                ingest: Tails | IngestProcess = IngestProcess(
+                    self.config, str(self.ingest_db), meter
+                )
+            else:
+                ingest = Tails(self.config, self.store, meter)
+            self.ingest = ingest
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 tasks.create_task(dispatcher.run(), name="dispatcher")
-                for name, source_config in self.config.sources.items():
-                    await self._start_tail(name, source_config)
+                tasks.create_task(ingest.run(), name="ingest")
                 self.running = True
                 log.info(
-                    "feedhook %s running: %d sources, %d subscriptions",
+                    "feedhook %s running: %d sources%s, %d subscriptions",
                     __version__,
-                    len(self._tails),
+                    len(self.config.sources),
+                    " (in an ingest process)" if self.ingest_db is not None else "",
                     len(self.config.subscriptions),
                 )
                 await self._stop.wait()
                 self.running = False
                 log.info("stopping: no new polls; finishing in-flight deliveries")
-                for tail in self._tails.values():
-                    tail.task.cancel()
+                ingest.stop()
                 dispatcher.stop()
         log.info("stopped")
-
-    async def _start_tail(self, name: str, config: SourceConfig) -> None:
-        assert self._tasks is not None and self.dispatcher is not None
-        source = build_source(name, config)
-        await source.open()
-        poller = Poller(source, self.store, lambda: self.router, self.dispatcher.wake, self.metrics)
-        task = self._tasks.create_task(poller.run(), name=f"poll:{name}")
-        self._tails[name] = _Tail(config, source, poller, task)
-
-    async def _stop_tail(self, name: str) -> None:
-        tail = self._tails.pop(name)
-        tail.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tail.task
-        await tail.source.close()
-
-    async def _close_sources(self) -> None:
-        for tail in self._tails.values():
-            await tail.source.close()
 
     # --- live reload -----------------------------------------------------------------
 
@@ -149,14 +158,10 @@ class Worker:
             }
             self.config = config
             logs.redact.update(logs.redact.secrets + tuple(config.secret_values()))
-            self.router = Router(config.subscriptions)
             if self.dispatcher is not None:
                 self.dispatcher.reconfigure(config.subscriptions)
-            if self.running:
-                for name in changes["sources_removed"] + changes["sources_changed"]:
-                    await self._stop_tail(name)
-                for name in changes["sources_added"] + changes["sources_changed"]:
-                    await self._start_tail(name, config.sources[name])
+            if self.ingest is not None:
+                await self.ingest.apply(config)
             log.info(
                 "configuration reloaded: %s",
                 ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "nothing changed",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from feedhook.config import (
     parse_duration,
     redact_url,
 )
+from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings
 from feedhook.store import SqliteStore, Status
@@ -156,16 +156,6 @@ def _load(args: argparse.Namespace, settings: Settings) -> Config:
     return load_config(_config_path(args, settings))
 
 
-def _run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where it is installed: the same asyncio, a faster loop under it."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 # --- run -----------------------------------------------------------------------------
 
 
@@ -176,7 +166,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     path = _config_path(args, settings)
     config = load_config(path)
     logs.redact.update(config.secret_values() | {settings.admin_token or ""})
-    _tune_gc()
+    tune_gc()
 
     async def run() -> int:
         runtime = Runtime()
@@ -184,7 +174,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         await admin.start()  # health answers while the store opens; readiness waits
         try:
             async with SqliteStore(settings.db) as store:
-                worker = Worker(config, store, grace=args.grace, config_path=path)
+                worker = Worker(
+                    config,
+                    store,
+                    grace=args.grace,
+                    config_path=path,
+                    ingest_db=settings.db if settings.ingest_process else None,
+                )
                 runtime.worker = worker
                 with signal_handlers(worker):
                     await worker.run()
@@ -193,7 +189,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
 
     try:
-        return _run_async(run())
+        return run_async(run())
     except* (StoreError, AdminError) as known:
         for exc in known.exceptions:
             print(f"feedhook: {exc}", file=sys.stderr)
@@ -201,15 +197,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         for error in failed.exceptions:
             print(f"feedhook: stopped by an unexpected error: {error!r}", file=sys.stderr)
     return EXIT_FAILURE
-
-
-def _tune_gc() -> None:
-    """The worker allocates many short-lived objects that reference counting frees at
-    once; the cycle collector need not rescan the startup heap (frozen) or run every 700
-    allocations. Measured: about 6% less CPU per delivery (BENCHMARKS.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
 
 
 # --- check ---------------------------------------------------------------------------

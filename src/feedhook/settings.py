@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
+    # The pollers in a process of their own (`feedhook run`): ingest and delivery each get
+    # a core. false: everything in one process (a one-core container).
+    ingest_process: bool = True
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import backoff
 
 from feedhook import clock
-from feedhook.metrics import Metrics
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.store.base import IngestItem, Store
@@ -56,20 +55,30 @@ class SourceHealth:
         }
 
 
+class PollObserver(Protocol):
+    """Told what each poller does: the metrics, the dispatcher's wake-up and, when the
+    pollers run in their own process, the pipe to the main one."""
+
+    def started(self, health: SourceHealth) -> None: ...
+
+    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
+        """Pages were written; `types` counts the new events by type (empty: none new)."""
+
+    def failed(self, health: SourceHealth, cause: str) -> None: ...
+
+
 class Poller:
     def __init__(
         self,
         source: Source,
         store: Store,
         router: Callable[[], Router],
-        on_ingest: Callable[[], None],
-        metrics: Metrics | None = None,
+        observer: PollObserver,
     ) -> None:
         self.source = source
         self.store = store
         self.router = router
-        self.on_ingest = on_ingest
-        self.metrics = metrics or Metrics()
+        self.observer = observer
         self.health = SourceHealth(source.name, source.poll_interval)
         retry = backoff.on_exception(
             backoff.expo,
@@ -85,6 +94,7 @@ class Poller:
     async def run(self) -> None:
         """Poll until cancelled. A failing feed never ends this loop; it backs off."""
         name = self.source.name
+        self.observer.started(self.health)
         cursor = await self.store.get_cursor(name)
         if cursor is None:
             cursor = await self._initial_cursor()
@@ -124,16 +134,12 @@ class Poller:
         if health.failing_since is not None:
             log.info("%s: the feed answers again", name, extra={"source": name})
         health.failing_since = health.last_error = None
-        self.metrics.polls.labels(name).inc(len(batch))
         times = {e.time for page in batch for _, e in page.events}
         if times:
             newest = max(datetime.fromisoformat(t).timestamp() for t in times)
             health.newest_event_at = max(newest, health.newest_event_at or newest)
+        self.observer.ingested(health, len(batch), Counter(item.envelope.type for item in fresh))
         if fresh:
-            self.on_ingest()
-            types = Counter(item.envelope.type for item in fresh)
-            for type_, count in types.items():
-                self.metrics.events_ingested.labels(name, type_).inc(count)
             log.debug(
                 "%s: ingested %d events up to %s",
                 name,
@@ -167,7 +173,7 @@ class Poller:
         self.health.failing_since = self.health.failing_since or now
         self.health.last_error = message
         cause = exc.cause if isinstance(exc, FeedError) else "unexpected"
-        self.metrics.poll_errors.labels(name, cause).inc()
+        self.observer.failed(self.health, cause)
         log.warning(
             "%s: %s (failure %d; retrying in %.1fs)",
             name,

@@ -1,0 +1,235 @@
+"""The pollers in a process of their own, over the same database.
+
+Reading a feed (parsing pages, normalizing, routing, writing the outbox) and delivering
+webhooks both want the CPU; in one process they take turns on one event loop, and a
+catch-up slows every delivery. Here the pollers run in a child process: the main process
+keeps the dispatcher, the admin server and the metrics, and the two meet only in the
+SQLite database (WAL: one writes while the other reads) and on two pipes:
+
+- down, the child's stdin: the validated config, pickled, at start and on every reload;
+  end of file tells the child to stop;
+- up, the child's stdout: one JSON line per poll (the source's health, pages read, new
+  events by type, or the failure's cause), which the main process turns into metrics,
+  readiness and a wake-up for the dispatcher.
+
+The child's logs go to the same stderr. If it dies, the main process starts it again;
+each source resumes from its stored cursor, so nothing is lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+import orjson
+
+from feedhook import clock, logs
+from feedhook.config import Config
+from feedhook.sources.poller import PollObserver, SourceHealth
+
+log = logging.getLogger("feedhook")
+
+STOP_TIMEOUT = 15.0  # the child finishes its current write, then exits; else it is killed
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+STEADY_AFTER = 60.0  # a child that ran this long counts as healthy: delays start over
+LINE_LIMIT = 1 << 20
+
+
+class IngestProcess:
+    """The main process's side: starts the child, forwards config, reads its reports,
+    restarts it if it dies. Same face as `Tails`: run, apply, stop, health, alive."""
+
+    def __init__(self, config: Config, db: str, observer: PollObserver) -> None:
+        self.config = config
+        self.db = db
+        self.observer = observer
+        self.health: dict[str, SourceHealth] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stop = asyncio.Event()
+        self._running = False
+
+    def alive(self) -> bool:
+        return self._running
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self._running = True
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                code = await self._run_child()
+                if self._stop.is_set():
+                    break
+                failures = 1 if time.monotonic() - started > STEADY_AFTER else failures + 1
+                delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1]
+                reason = f"the ingest process stopped (exit code {code})"
+                log.error(
+                    "%s; starting it again in %gs: every source resumes from its stored cursor",
+                    reason,
+                    delay,
+                )
+                now = clock.now()
+                for health in self.health.values():
+                    health.failing_since = health.failing_since or now
+                    health.last_error = reason
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            self._running = False
+
+    async def apply(self, config: Config) -> None:
+        self.config = config
+        for name in set(self.health) - set(config.sources):
+            del self.health[name]
+        if self._proc is not None and self._proc.returncode is None:
+            self._send(self._proc, config)
+
+    async def _run_child(self) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "feedhook.ingest_process",
+            self.db,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
+        )
+        self._proc = proc
+        try:
+            self._send(proc, self.config)
+            reading = asyncio.ensure_future(self._read(proc))
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not reading.done():
+                assert proc.stdin is not None
+                proc.stdin.close()  # end of file: the child stops its pollers and exits
+                try:
+                    await asyncio.wait_for(reading, STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("the ingest process did not stop within %gs; killed", STOP_TIMEOUT)
+                    proc.kill()
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled: no write is left half done (SQLite)
+                proc.kill()
+                await proc.wait()
+            self._proc = None
+
+    def _send(self, proc: asyncio.subprocess.Process, config: Config) -> None:
+        assert proc.stdin is not None
+        data = pickle.dumps(config)
+        proc.stdin.write(len(data).to_bytes(4, "big") + data)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            report = orjson.loads(line)
+            health = SourceHealth(**report["health"])
+            if health.name not in self.config.sources:
+                continue  # stopped by a reload the child had not seen yet
+            self.health[health.name] = health
+            if "pages" in report:
+                self.observer.ingested(health, report["pages"], report["types"])
+            elif "cause" in report:
+                self.observer.failed(health, report["cause"])
+            else:
+                self.observer.started(health)
+
+
+# --- the child -----------------------------------------------------------------------
+
+
+class PipeReporter:
+    """The child's observer: one JSON line up the pipe per poll."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+
+    def _send(self, health: SourceHealth, **fields: Any) -> None:
+        self.out.write(orjson.dumps({"health": dataclasses.asdict(health), **fields}) + b"\n")
+
+    def started(self, health: SourceHealth) -> None:
+        self._send(health)
+
+    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
+        self._send(health, pages=pages, types=types)
+
+    def failed(self, health: SourceHealth, cause: str) -> None:
+        self._send(health, cause=cause)
+
+
+async def _receive(reader: asyncio.StreamReader) -> Config | None:
+    """The next config from the main process; None at end of file (time to stop)."""
+    try:
+        size = int.from_bytes(await reader.readexactly(4), "big")
+        config = pickle.loads(await reader.readexactly(size))
+    except asyncio.IncompleteReadError:
+        return None
+    assert isinstance(config, Config)
+    return config
+
+
+async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
+    from feedhook.store import SqliteStore
+    from feedhook.tails import Tails
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    config = await _receive(reader)
+    if config is None:
+        return 0
+    logs.redact.update(config.secret_values() | {admin_token})
+    async with SqliteStore(db) as store:
+        tails = Tails(config, store, PipeReporter(reports))
+
+        async def listen() -> None:
+            while (new := await _receive(reader)) is not None:
+                logs.redact.update(logs.redact.secrets + tuple(new.secret_values()))
+                await tails.apply(new)
+            tails.stop()
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(listen(), name="config")
+            await tails.run()
+    return 0
+
+
+def main() -> int:
+    from feedhook.process import run_async, tune_gc
+    from feedhook.settings import Settings
+
+    settings = Settings()
+    logs.setup(settings.log_level, settings.log_format)
+    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Reports get stdout to themselves: nothing else may print into the pipe.
+    reports = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    tune_gc()
+    code = 1
+    try:
+        code = run_async(_child(sys.argv[1], reports, settings.admin_token or ""))
+    except* BrokenPipeError:
+        code = 0  # the main process is gone: nothing left to report to
+    except* Exception as failed:
+        for exc in failed.exceptions:
+            log.error("the ingest process failed: %r", exc, exc_info=exc)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
