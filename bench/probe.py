@@ -20,7 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import FAST_SOURCE, Bridge, raw_post, received, sample_bodies, server, subscription, until
+from run import (
+    FAST_SOURCE,
+    Bridge,
+    children,
+    raw_post,
+    received,
+    sample_bodies,
+    server,
+    subscription,
+    until,
+)
 
 from feedhook.sources.bebanjo import RawEvent, normalize
 from feedhook.store import IngestItem, SqliteStore
@@ -29,12 +39,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of a process, from /proc."""
+    """CPU seconds of each thread of `feedhook run` (main:) and its ingest process
+    (ingest:), from /proc."""
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[tid] = (int(fields[11]) + int(fields[12])) / TICK
+    for process in [pid, *children(pid)]:
+        role = "main" if process == pid else "ingest"
+        for tid in os.listdir(f"/proc/{process}/task"):
+            stat = Path(f"/proc/{process}/task/{tid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[f"{role}:{tid}"] = (int(fields[11]) + int(fields[12])) / TICK
     return out
 
 
@@ -44,7 +57,7 @@ def report(what: str, count: int, seconds: float, pid: int, before: dict[str, fl
     busy = {t: round(us, 1) for t, us in per.items() if us >= 0.5}
     print(
         f"{what}: {count / seconds:,.0f}/s; feedhook {sum(per.values()):.0f} us of CPU per"
-        f" item, by thread {busy} (the first is the event loop)"
+        f" item, by thread {busy} (the first of each process is its event loop)"
     )
 
 

@@ -103,6 +103,27 @@ async def server(*args: str) -> AsyncIterator[Proc]:
         await child.stop()
 
 
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -135,11 +156,11 @@ class Bridge:
             )
 
     def peak_rss_mb(self) -> float:
+        """The peak RSS of `feedhook run` plus that of its ingest process: the sum of the
+        two peaks, an upper bound on what both held at any one moment."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        pids = [self.proc.pid, *children(self.proc.pid)]
+        return sum(peak_rss_kb(pid) for pid in pids) / 1024
 
     def ingested(self) -> int:
         """Events in the outbox, read from outside (max rowid: no scan)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -216,3 +218,82 @@ async def test_sentinel_secret_never_shows(
     assert "U2VudGluZWw3eDlx" not in everything  # nor the webhook secret
     received = repr([r.headers for r in receiver.received])
     assert f"hdr-{SENTINEL}" in received  # the header did reach the receiver
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def test_a_killed_ingest_process_is_started_again(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """`feedhook run` polls in an ingest process of its own. Killed in the middle of a
+    catch-up, it is started again and resumes from the stored cursor: every event is
+    delivered exactly once, and readiness and metrics keep reporting the source."""
+    sequence_feed.add_events(3000)
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {"hook": subscription(receiver, "hook")},
+        }
+    )
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok()) >= 100, what="the first deliveries")
+    (child,) = _children(proc.pid)
+    os.kill(child, signal.SIGKILL)
+    sequence_feed.add_events(500)
+    await eventually(lambda: len(receiver.ok()) >= 3500, timeout=60, what="every event")
+    (again,) = _children(proc.pid)
+    assert again != child
+    status, body = await get(f"{cli.admin}/readyz")
+    assert status == 200 and json.loads(body)["sources"]["seq"]["state"] == "ok"
+    _, metrics = await get(f"{cli.admin}/metrics")
+    assert 'feedhook_source_polls_total{source="seq"}' in metrics
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0
+    counts = Counter(r.webhook_id for r in receiver.ok())
+    assert len(counts) == 3500 and max(counts.values()) == 1
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert any(
+        x["level"] == "error" and "ingest process was killed by SIGKILL" in x["message"]
+        for x in lines
+    )
+
+
+async def test_the_ingest_process_follows_its_parent_out(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A `feedhook run` killed outright leaves no poller behind: its ingest process sees
+    the pipe close and stops."""
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {"hook": subscription(receiver, "hook")},
+        }
+    )
+    proc = await cli.start("run")
+    sequence_feed.add_events(1)
+    await eventually(lambda: len(receiver.ok()) == 1, what="a delivery")
+    (child,) = _children(proc.pid)
+    proc.kill()
+    await proc.wait()
+    await eventually(lambda: not _alive(child), what="the ingest process to exit")

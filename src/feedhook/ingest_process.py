@@ -74,7 +74,7 @@ class IngestProcess:
                     break
                 failures = 1 if time.monotonic() - started > STEADY_AFTER else failures + 1
                 delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1]
-                reason = f"the ingest process stopped (exit code {code})"
+                reason = f"the ingest process {_how(code)}"
                 log.error(
                     "%s; starting it again in %gs: every source resumes from its stored cursor",
                     reason,
@@ -147,6 +147,13 @@ class IngestProcess:
                 self.observer.failed(health, report["cause"])
             else:
                 self.observer.started(health)
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 # --- the child -----------------------------------------------------------------------
