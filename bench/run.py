@@ -142,11 +142,12 @@ class Bridge:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        self.admin = f"http://127.0.0.1:{free_port()}"
         env = {
             **os.environ,
             "FEEDHOOK_DB": str(self.db),
             "FEEDHOOK_CONFIG": str(self.dir / "hooks.yaml"),
-            "FEEDHOOK_ADMIN_PORT": str(free_port()),
+            "FEEDHOOK_ADMIN_PORT": self.admin.rsplit(":", 1)[1],
             "FEEDHOOK_LOG_LEVEL": "WARNING",
             "FEEDHOOK_LOG_FORMAT": "json",
         }
@@ -154,6 +155,17 @@ class Bridge:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "feedhook", "run", env=env, stderr=log
             )
+
+    async def ready(self) -> bool:
+        """/readyz answers 200 and every source has been read once."""
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"{self.admin}/readyz") as r:
+                if r.status != 200:
+                    return False
+                sources = (await r.json())["sources"].values()
+        except aiohttp.ClientError:
+            return False
+        return bool(sources) and all(x["state"] == "ok" for x in sources)
 
     def peak_rss_mb(self) -> float:
         """The peak RSS of `feedhook run` plus that of its ingest process: the sum of the
@@ -370,6 +382,8 @@ async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
         ) as seq,
         server("feed", "--system", "movida", "--rate", rate_each, "--seconds", str(seconds)) as mov,
     ):
+        # The stream starts once feedhook is up and has read both feeds: what is measured
+        # is the steady state, not the catch-up on what arrived while it started.
         bridge = Bridge(
             work,
             {
@@ -381,6 +395,9 @@ async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
         await bridge.start()
         total = int(200 * seconds)
         try:
+            await until(bridge.ready, timeout=60, every=0.05)
+            await seq.post("/_start")
+            await mov.post("/_start")
             await until(lambda: received(rx, total), timeout=seconds + 60, every=0.2)
         finally:
             await bridge.stop()

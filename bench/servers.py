@@ -1,6 +1,7 @@
 """The harness's separate processes: a simulated feed and a fast receiver.
 
-    python bench/servers.py feed --system sequence --events 100000 [--rate 100 --seconds 30]
+    python bench/servers.py feed --system sequence --events 100000
+    python bench/servers.py feed --system movida --rate 100 --seconds 30  # after POST /_start
     python bench/servers.py receiver [--record-ids]
 
 Each prints `READY <port>` once listening, then serves until killed. GET /_stats answers
@@ -39,11 +40,20 @@ async def feed(args: argparse.Namespace) -> None:
             }
         )
 
+    go = asyncio.Event()
+
+    async def start_stream(request: web.Request) -> web.Response:
+        go.set()
+        return web.Response()
+
     app.router.add_get("/_stats", stats)
+    app.router.add_post("/_start", start_stream)
     await sim.start()
     print(f"READY {sim.server.port}", flush=True)
     if args.rate > 0:
-        # A steady stream: one event every 1/rate seconds, on a fixed schedule.
+        # A steady stream once POST /_start says so: one event every 1/rate seconds, on
+        # a fixed schedule.
+        await go.wait()
         start = time.monotonic()
         total = int(args.rate * args.seconds)
         for n in range(total):

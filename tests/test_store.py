@@ -287,3 +287,28 @@ async def test_a_task_cancelled_while_beginning_leaves_no_transaction_open(
         counts = (await store.counts())["a"]
         assert (counts.delivered, counts.pending) == (1, 0)
         assert await store.get_cursor("seq") == "1"
+
+
+async def test_a_write_waits_for_another_process_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest and delivery write from two processes: a write that finds the database
+    locked waits for the lock and then lands; a lock held past LOCK_WAIT is a clear
+    error, not a hang."""
+    path = tmp_path / "t.db"
+    async with SqliteStore(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        writing = asyncio.ensure_future(store.ingest("seq", [item(1)], "1"))
+        await asyncio.sleep(0.2)
+        assert not writing.done()  # waiting for the lock, not failed
+        other.execute("COMMIT")
+        assert len(await asyncio.wait_for(writing, 5)) == 1
+
+        monkeypatch.setattr("feedhook.store.sqlite.LOCK_WAIT", 0.2)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match=r"stayed locked for 0\.2s"):
+            await store.ingest("seq", [item(2)], "2")
+        other.execute("ROLLBACK")
+        other.close()
+        assert [i.upstream_id for i in await store.ingest("seq", [item(2)], "2")] == ["2"]

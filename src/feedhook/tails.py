@@ -82,7 +82,10 @@ class Tails:
         assert self._tasks is not None
         source = build_source(name, config)
         await source.open()
-        poller = Poller(source, self.store, lambda: self.router, self.observer)
+        # Spread evenly: the i-th of n sources polls i/n of the way into its interval.
+        names = sorted(self.config.sources)
+        phase = source.poll_interval * names.index(name) / len(names)
+        poller = Poller(source, self.store, lambda: self.router, self.observer, phase)
         task = self._tasks.create_task(poller.run(), name=f"poll:{name}")
         self._tails[name] = _Tail(config, source, poller, task)
 

@@ -26,6 +26,7 @@ log = logging.getLogger("feedhook.delivery")
 IDLE_POLL = 1.0
 WRITE_BATCH = 1000
 MIN_RESERVE = 64
+START_BATCH = 16
 
 
 @dataclass
@@ -162,9 +163,7 @@ class Dispatcher:
                     wants[lane.name] = wanted
             if wants:
                 await self._claim(wants, now)
-            for lane in self.lanes.values():
-                while lane.ready and lane.room > 0:
-                    self._start(lane, lane.ready.popleft())
+            await self._start_ready()
             if self._stopping:
                 break
             if self._next_retry is None and not any(x.maybe_due for x in self.lanes.values()):
@@ -196,6 +195,18 @@ class Dispatcher:
         for name, wanted in wants.items():
             if got[name] >= wanted and name in self.lanes:
                 self.lanes[name].maybe_due = True  # a full claim: there may be more
+
+    async def _start_ready(self) -> None:
+        """Fill every lane's room, START_BATCH at a time with a loop turn between: a
+        request's first steps all run before its bytes leave, so sixty started in one turn
+        would hold back the first send, the next claim and the pollers' reports."""
+        started = 0
+        for lane in list(self.lanes.values()):
+            while lane.ready and lane.room > 0 and not self._stopping:
+                self._start(lane, lane.ready.popleft())
+                started += 1
+                if started % START_BATCH == 0:
+                    await asyncio.sleep(0)
 
     def _start(self, lane: Lane, delivery: Delivery) -> None:
         lane.in_flight += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,11 +75,13 @@ class Poller:
         store: Store,
         router: Callable[[], Router],
         observer: PollObserver,
+        phase: float = 0.0,
     ) -> None:
         self.source = source
         self.store = store
         self.router = router
         self.observer = observer
+        self.phase = phase
         self.health = SourceHealth(source.name, source.poll_interval)
         retry = backoff.on_exception(
             backoff.expo,
@@ -120,13 +123,20 @@ class Poller:
                 self._succeeded(batch, fresh)
 
     async def _read(self, cursor: str, pages: asyncio.Queue[Page]) -> None:
-        """Fetch page after page; wait poll_interval only once the feed is drained."""
+        """Fetch page after page; once the feed is drained, wait for the next poll."""
         while True:
             page = await self._fetch(cursor)
             await pages.put(page)
             cursor = page.cursor
             if not page.more:
-                await asyncio.sleep(self.source.poll_interval)
+                await asyncio.sleep(self._until_next_poll())
+
+    def _until_next_poll(self) -> float:
+        """Polls keep a steady cadence, one every poll_interval at `phase` seconds into
+        it, however long a poll took: sources on the same interval, given different
+        phases, never wake together (as a scraper spreads its targets)."""
+        interval = self.source.poll_interval
+        return interval - (time.monotonic() - self.phase) % interval
 
     def _succeeded(self, batch: Sequence[Page], fresh: Sequence[IngestItem]) -> None:
         health, name = self.health, self.source.name

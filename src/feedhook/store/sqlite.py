@@ -145,14 +145,70 @@ MIN_SQLITE = (3, 38, 0)
 INSERT_CHUNK = 500  # rows per multi-row INSERT: 3,000 parameters, far below SQLite's limit
 
 
+# How long a statement waits for another connection's write lock before feedhook says so.
+LOCK_WAIT = 10.0
+# SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries: a lock freed just
+# after a try is seen only 5 or 10 ms later. It is kept to its first two tries (3 ms);
+# past that the statement is tried again from here, so a lock held by the other
+# process (ingest or delivery) is noticed within about a millisecond of its release.
+BUSY_TIMEOUT_MS = 3
+
+
 class StoreError(Exception):
     """The database cannot be used (newer schema, unreadable file, ...)."""
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _Connection:
+    """An aiosqlite connection whose statements wait for a locked database, up to
+    LOCK_WAIT, in short steps. A statement that found the database locked did nothing,
+    so trying it again is safe (inside a transaction this one holds the lock and is never
+    locked out)."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self.raw = db
+        self.path = path
+
+    async def _retry(self, call: Any, *args: Any) -> Any:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                return await call(*args)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"{self.path}: the database stayed locked for {LOCK_WAIT:g}s; is"
+                        " another program holding a long transaction on it?"
+                    ) from exc
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        return await self._retry(self.raw.execute, sql, params)  # type: ignore[no-any-return]
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return await self._retry(self.raw.execute_fetchall, sql, params)
+
+    async def executemany(self, sql: str, rows: Any) -> aiosqlite.Cursor:
+        return await self._retry(self.raw.executemany, sql, rows)  # type: ignore[no-any-return]
+
+    async def commit(self) -> None:
+        await self._retry(self.raw.commit)
+
+    async def rollback(self) -> None:
+        await self.raw.rollback()
+
+    async def close(self) -> None:
+        await self.raw.close()
 
 
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db: aiosqlite.Connection | None = None
+        self._db: _Connection | None = None
         self._lock = asyncio.Lock()
         # Claim tokens: unique among this process's claims, and unlike any earlier
         # process's (whose in-flight rows are recovered to pending at start).
@@ -168,11 +224,11 @@ class SqliteStore:
                 " use a newer Python build or image"
             )
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            raw = await aiosqlite.connect(self.path, isolation_level=None)
         except Exception as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
-        self._db = db
-        await db.execute("PRAGMA busy_timeout = 10000")
+        self._db = db = _Connection(raw, self.path)
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a process crash; a power cut can drop the last
         # commits, and then cursor and outbox roll back together: nothing is skipped.
@@ -193,13 +249,13 @@ class SqliteStore:
         await self.close()
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> _Connection:
         if self._db is None:
             raise StoreError("the store is not open")
         return self._db
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[_Connection]:
         async with self._lock:
             db = self.db
             try:
@@ -228,7 +284,7 @@ class SqliteStore:
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
-    async def _one(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def _one(db: _Connection, sql: str, params: Sequence[Any] = ()) -> Any:
         """The first row, or None: one trip to the database thread."""
         rows = await db.execute_fetchall(sql, params)
         return next(iter(rows), None)
