@@ -10,8 +10,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from feedhook.delivery.policy import AttemptResult, RetryPolicy
-from feedhook.delivery.sender import parse_retry_after
 from feedhook.delivery.signing import Signer
+from feedhook.retry_after import parse_retry_after
 
 from conftest import SECRET
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Mapping
 
@@ -12,25 +11,12 @@ import aiohttp
 from feedhook import clock
 from feedhook.delivery.policy import AttemptResult
 from feedhook.delivery.signing import Signer
+from feedhook.retry_after import parse_retry_after
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 # Enough to keep the connection reusable for ordinary replies; only 1 KB is kept.
 _READ_LIMIT = 64 * 1024
 KEPT_BODY = 1024
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date -> seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - now)
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from feedhook.config import RateLimit, SourceSettings, redact_url
-from feedhook.delivery.sender import parse_retry_after
+from feedhook.retry_after import parse_retry_after
 from feedhook.sources.base import FeedError
 
 log = logging.getLogger("feedhook.source")
