@@ -113,7 +113,12 @@ class IngestProcess:
             stopping = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
-            if not reading.done():
+            if reading.done() and (exc := reading.exception()) is not None:
+                # Cannot happen unless the two sides disagree on the protocol (a partial
+                # upgrade?): the child is stopped and started again, nothing is lost.
+                log.error("unreadable report from the ingest process: %r", exc)
+                proc.kill()
+            elif not reading.done():
                 assert proc.stdin is not None
                 proc.stdin.close()  # end of file: the child stops its pollers and exits
                 try:

@@ -1,8 +1,10 @@
 """The embedded store: SQLite in WAL mode through aiosqlite.
 
-One connection, one asyncio lock: every transaction runs alone, so the poller's ingest and
-the dispatcher's batched completions never interleave statements inside each other's
-transaction. Explicit BEGIN/COMMIT; any failure or cancellation rolls back.
+One connection per process, one asyncio lock: every transaction of the process runs
+alone, so its statements never interleave inside another's transaction. Explicit
+BEGIN/COMMIT; any failure or cancellation rolls back. Under `feedhook run` two processes
+write (the ingest process its pages, the main one claims and outcomes); SQLite lets one
+write at a time, and a statement that finds the lock taken waits for it (_Connection).
 
 The hot paths (ingest, claim, complete) are written so that each statement takes one or
 two steps however many rows it touches: rows go in as one JSON parameter (json_each) and
