@@ -297,3 +297,21 @@ async def test_the_ingest_process_follows_its_parent_out(
     proc.kill()
     await proc.wait()
     await eventually(lambda: not _alive(child), what="the ingest process to exit")
+
+
+async def test_one_process_when_asked(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
+    """FEEDHOOK_INGEST_PROCESS=false (a one-core container): the pollers run inside
+    `feedhook run`, with no child process, and deliver all the same."""
+    cli.env["FEEDHOOK_INGEST_PROCESS"] = "false"
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {"hook": subscription(receiver, "hook")},
+        }
+    )
+    proc = await cli.start("run")
+    sequence_feed.add_events(3)
+    await eventually(lambda: len(receiver.ok()) == 3, what="the deliveries")
+    assert _children(proc.pid) == []
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
