@@ -122,7 +122,9 @@ class Dispatcher:
                     "latency": m.delivery_latency.labels(name),
                 }
         for name in set(self.lanes) - set(subscriptions):
-            self._released.extend(d.id for d in self.lanes.pop(name).ready)
+            removed = self.lanes.pop(name)
+            self._released.extend(d.id for d in removed.ready)
+            removed.ready.clear()  # nothing left to start, even mid-way through a start
         self.wake()
 
     def wake(self) -> None:
