@@ -34,7 +34,11 @@ import orjson
 
 from feedhook import clock, logs
 from feedhook.config import Config
+from feedhook.process import run_async, tune_gc
+from feedhook.settings import Settings
 from feedhook.sources.poller import PollObserver, SourceHealth
+from feedhook.store import SqliteStore
+from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
 
@@ -195,9 +199,6 @@ async def _receive(reader: asyncio.StreamReader) -> Config | None:
 
 
 async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
-    from feedhook.store import SqliteStore
-    from feedhook.tails import Tails
-
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -221,9 +222,6 @@ async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
 
 
 def main() -> int:
-    from feedhook.process import run_async, tune_gc
-    from feedhook.settings import Settings
-
     settings = Settings()
     logs.setup(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the main process decides when to stop.
