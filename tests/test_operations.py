@@ -110,12 +110,7 @@ async def test_log_lines_carry_fields(cli: Cli, sequence_feed: SimFeed, receiver
     readable and carries them too."""
     sequence_feed.add_events(1)
     receiver.plan("hook", [500])
-    cli.write_config(
-        {
-            "sources": {"seq": source(sequence_feed)},
-            "subscriptions": {"hook": subscription(receiver, "hook")},
-        }
-    )
+    _one_hook(cli, sequence_feed, receiver)
     for fmt in ("json", "text"):
         cli.env["FEEDHOOK_LOG_FORMAT"] = fmt
         cli.db.unlink(missing_ok=True)
@@ -220,6 +215,16 @@ async def test_sentinel_secret_never_shows(
     assert f"hdr-{SENTINEL}" in received  # the header did reach the receiver
 
 
+def _one_hook(cli: Cli, feed: SimFeed, receiver: Receiver) -> None:
+    """One Sequence feed, one subscription called "hook"."""
+    cli.write_config(
+        {
+            "sources": {"seq": source(feed)},
+            "subscriptions": {"hook": subscription(receiver, "hook")},
+        }
+    )
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -249,12 +254,7 @@ async def test_a_killed_ingest_process_is_started_again(
     catch-up, it is started again and resumes from the stored cursor: every event is
     delivered exactly once, and readiness and metrics keep reporting the source."""
     sequence_feed.add_events(3000)
-    cli.write_config(
-        {
-            "sources": {"seq": source(sequence_feed)},
-            "subscriptions": {"hook": subscription(receiver, "hook")},
-        }
-    )
+    _one_hook(cli, sequence_feed, receiver)
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok()) >= 100, what="the first deliveries")
     (child,) = _children(proc.pid)
@@ -284,12 +284,7 @@ async def test_the_ingest_process_follows_its_parent_out(
 ) -> None:
     """A `feedhook run` killed outright leaves no poller behind: its ingest process sees
     the pipe close and stops."""
-    cli.write_config(
-        {
-            "sources": {"seq": source(sequence_feed)},
-            "subscriptions": {"hook": subscription(receiver, "hook")},
-        }
-    )
+    _one_hook(cli, sequence_feed, receiver)
     proc = await cli.start("run")
     sequence_feed.add_events(1)
     await eventually(lambda: len(receiver.ok()) == 1, what="a delivery")
@@ -303,12 +298,7 @@ async def test_one_process_when_asked(cli: Cli, sequence_feed: SimFeed, receiver
     """FEEDHOOK_INGEST_PROCESS=false (a one-core container): the pollers run inside
     `feedhook run`, with no child process, and deliver all the same."""
     cli.env["FEEDHOOK_INGEST_PROCESS"] = "false"
-    cli.write_config(
-        {
-            "sources": {"seq": source(sequence_feed)},
-            "subscriptions": {"hook": subscription(receiver, "hook")},
-        }
-    )
+    _one_hook(cli, sequence_feed, receiver)
     proc = await cli.start("run")
     sequence_feed.add_events(3)
     await eventually(lambda: len(receiver.ok()) == 3, what="the deliveries")
