@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import resource
+import time
 from pathlib import Path
 
 import pytest
@@ -137,14 +140,15 @@ def test_each_error_names_file_and_key_path(
     path: str,
     message: str,
 ) -> None:
-    """Each kind of mistake makes `feedhook check` exit 2 with `file: key.path: what`."""
+    """Each kind of mistake makes `feedhook check` exit 2 with `file:line:col: key.path: what`."""
     assert edit[0] in GOOD
     monkeypatch.setenv("SEQ_PASSWORD", "x")
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     config = write(tmp_path, GOOD.replace(edit[0], edit[1]))
     assert main(["check", "-c", str(config)]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert any(line.startswith(f"{config}: {path}: ") and message in line for line in lines), lines
+    head = re.compile(rf"{re.escape(str(config))}:\d+:\d+: {re.escape(path)}: ")
+    assert any(head.match(line) and message in line for line in lines), lines
 
 
 def test_every_error_is_listed_at_once(tmp_path: Path) -> None:
@@ -224,8 +228,8 @@ def test_check_command_exits_2_listing_errors(
     path = write(tmp_path, GOOD.replace("https://ops.example.com/hooks", "ftp://x"))
     assert main(["check", "-c", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{path}: subscriptions.ops-jobs.url: not an http(s) URL: 'ftp://x'" in err
-    assert f"{path}: sources.sequence-prod.password: environment variable SEQ_PASSWORD" in err
+    assert f"{path}:16:10: subscriptions.ops-jobs.url: not an http(s) URL: 'ftp://x'" in err
+    assert f"{path}:7:15: sources.sequence-prod.password: environment variable SEQ_PASSWORD" in err
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,3 +280,124 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEEDHOOK_ADMIN_PORT", "9090")
     settings = Settings()
     assert (settings.log_level, settings.log_format, settings.admin_port) == ("DEBUG", "json", 9090)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("FEEDHOOK_ADMIN_PORT", "99999", "FEEDHOOK_ADMIN_PORT=99999: expected a TCP port"),
+        ("FEEDHOOK_ADMIN_PORT", "eighty", "FEEDHOOK_ADMIN_PORT=eighty: expected a TCP port"),
+        ("FEEDHOOK_LOG_LEVEL", "loud", "FEEDHOOK_LOG_LEVEL=loud: expected DEBUG, INFO"),
+        ("FEEDHOOK_INGEST_PROCESS", "maybe", "FEEDHOOK_INGEST_PROCESS=maybe: expected true"),
+    ],
+)
+def test_a_bad_environment_variable_gets_one_actionable_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    expected: str,
+) -> None:
+    """No pydantic dump and no silent wrap-around: exit 2 with one line naming the variable,
+    what it holds and what it should."""
+    monkeypatch.setenv(name, value)
+    assert main(["check", "-c", str(write(tmp_path, GOOD))]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"feedhook: {expected}"), lines
+
+
+# --- hostile and mistaken YAML -------------------------------------------------------
+
+ALIAS_BOMB = """
+a: &a ["x","x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h,*h]
+sources: {}
+"""
+
+
+def test_an_alias_bomb_is_refused_quickly_with_flat_memory(tmp_path: Path) -> None:
+    """Nested aliases naming a billion values: a config error in well under a second,
+    and the process's memory does not grow."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    errors = errors_of(tmp_path, ALIAS_BOMB)
+    assert time.monotonic() - started < 0.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+    assert len(errors) == 1 and "alias bomb" in errors[0], errors
+    assert re.match(rf"{re.escape(str(tmp_path / 'hooks.yaml'))}:\d+:\d+: ", errors[0])
+
+
+def test_anchors_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
+    """Ordinary reuse through anchors and `<<: *defaults` loads as YAML says."""
+    text = (
+        GOOD
+        + """  ops-tasks:
+    <<: &defaults
+      url: https://ops.example.com/tasks
+      timeout: 5s
+      types: ["sequence.task.*"]
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  ops-assets:
+    <<: *defaults
+    types: ["sequence.asset.*"]
+"""
+    )
+    config = load_config(write(tmp_path, text), env={"SEQ_PASSWORD": "x"})
+    assert config.subscriptions["ops-tasks"].timeout == 5.0
+    assert config.subscriptions["ops-assets"].url == "https://ops.example.com/tasks"
+    assert config.subscriptions["ops-assets"].types == ("sequence.asset.*",)
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    """Two `ops-jobs:` subscriptions: not one silently dropped, an error with both lines."""
+    text = (
+        GOOD
+        + """  ops-jobs:
+    url: https://other.example.com/hooks
+    types: ["*"]
+"""
+    )
+    errors = errors_of(tmp_path, text)
+    assert len(errors) == 1, errors
+    assert re.search(
+        r":21:3: subscriptions\.ops-jobs: duplicate key \(first written at line 15\)", errors[0]
+    ), errors
+
+
+def test_header_values_are_never_echoed(tmp_path: Path) -> None:
+    """A header whose value is not a string is described without its value."""
+    text = GOOD + "    headers:\n      Authorization: {token: sentinel-credential}\n"
+    errors = errors_of(tmp_path, text)
+    assert errors and not any("sentinel-credential" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "message"),
+    [
+        (
+            "https://u:pw@ops.example.com/hooks",
+            {"Authorization": "Bearer abc"},
+            "credentials in the url and an Authorization header",
+        ),
+        ("https://ops.example.com/hooks", {"X-Team": "ops\r\nX-Evil: 1"}, "line break"),
+        ("https://ops.example.com/hooks", {"X-Team": "ops\nmore"}, "line break"),
+    ],
+)
+def test_subscriptions_that_could_never_deliver_are_config_errors(
+    url: str, headers: dict[str, str], message: str
+) -> None:
+    """URL credentials beside an Authorization header, or a header value with CR/LF,
+    would fail every delivery: `check` refuses them."""
+    raw = {"sources": {}, "subscriptions": {"s": {"url": url, "types": ["*"], "headers": headers}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "x.yaml", env={})
+    assert message in str(info.value), info.value.errors
+    assert "pw" not in str(info.value).replace("pw@", "")

@@ -24,7 +24,7 @@ from feedhook.config import (
 )
 from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document
-from feedhook.settings import Settings
+from feedhook.settings import Settings, SettingsError, load_settings
 from feedhook.store import SqliteStore, Status
 from feedhook.store.sqlite import StoreError
 
@@ -113,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
-    except Exception as exc:
-        print(f"feedhook: bad FEEDHOOK_* environment: {exc}", file=sys.stderr)
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in exc.errors:
+            print(f"feedhook: {line}", file=sys.stderr)
         return EXIT_USAGE
     logs.setup(settings.log_level, settings.log_format)
     handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {

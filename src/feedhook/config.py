@@ -10,7 +10,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import jmespath
 import jmespath.exceptions
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from feedhook import yamldoc
 
 # --- value types ---------------------------------------------------------------------
 
@@ -366,12 +367,25 @@ class SubscriptionConfig(_Model):
                 raise ValueError(f"header {name!r} is set by feedhook and cannot be overridden")
             if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
                 raise ValueError(f"not a valid HTTP header name: {name!r}")
+            if any(c in value[name] for c in "\r\n\0"):
+                raise ValueError(
+                    f"header {name!r}: the value holds a line break (or NUL), which no"
+                    " HTTP request can carry; write it on one line"
+                )
         return value
 
     @model_validator(mode="after")
     def _previous_needs_secret(self) -> SubscriptionConfig:
         if self.previous_secrets and self.secret is None:
             raise ValueError("previous_secrets needs a current secret")
+        parts = urlsplit(self.url)
+        if (parts.username or parts.password) and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            raise ValueError(
+                "credentials in the url and an Authorization header: the request can carry"
+                " only one; keep the header and take user:password@ out of the url"
+            )
         return self
 
 
@@ -434,20 +448,22 @@ SECRET_KEYS = frozenset(
 
 SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie", re.I)
 
+At = Callable[[str], str]  # a key path -> "file:line:column" for error lines
+
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _expand(
-    node: Any, path: str, env: Mapping[str, str], errors: list[str], unset: set[str], label: str
+    node: Any, path: str, env: Mapping[str, str], errors: list[str], unset: set[str], at: At
 ) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string; $$ is a literal $."""
     if isinstance(node, dict):
         return {
-            k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, unset, label)
+            k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, unset, at)
             for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_expand(v, f"{path}[{i}]", env, errors, unset, label) for i, v in enumerate(node)]
+        return [_expand(v, f"{path}[{i}]", env, errors, unset, at) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -461,7 +477,7 @@ def _expand(
             return default
         unset.add(path)
         errors.append(
-            f"{label}: {path}: environment variable {name} is not set "
+            f"{at(path)}: {path}: environment variable {name} is not set "
             f"(set it, or write ${{{name}:-default}})"
         )
         return ""
@@ -487,7 +503,8 @@ def _describe(error: Any) -> str:
     kind = error["type"]
     msg = str(error["msg"])
     loc = error["loc"]
-    secret = any(str(part) in SECRET_KEYS for part in loc)
+    # A header's value may be a credential whatever its name: never echoed.
+    secret = any(str(part) in SECRET_KEYS or part == "headers" for part in loc)
     shown = "" if secret else f", got {error.get('input')!r}"
     if kind == "missing":
         return "required key is missing"
@@ -505,7 +522,7 @@ def _describe(error: Any) -> str:
     return f"{msg[0].lower()}{msg[1:]}{shown}"
 
 
-def _unknown_sources(document: dict[str, Any], label: str) -> list[str]:
+def _unknown_sources(document: dict[str, Any], at: At) -> list[str]:
     """Subscriptions naming sources that do not exist (checked even when other keys are bad)."""
     sources, subscriptions = document.get("sources"), document.get("subscriptions")
     if not isinstance(sources, dict) or not isinstance(subscriptions, dict):
@@ -516,29 +533,39 @@ def _unknown_sources(document: dict[str, Any], label: str) -> list[str]:
         wanted = sub.get("sources") if isinstance(sub, dict) else None
         for i, source in enumerate(wanted if isinstance(wanted, list) else []):
             if source not in sources:
+                path = f"subscriptions.{name}.sources[{i}]"
                 errors.append(
-                    f"{label}: subscriptions.{name}.sources[{i}]: unknown source {source!r} "
-                    f"(configured sources: {known})"
+                    f"{at(path)}: {path}: unknown source {source!r} (configured sources: {known})"
                 )
     return errors
 
 
-def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) -> Config:
-    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+def parse_config(
+    raw: object,
+    label: str,
+    env: Mapping[str, str] | None = None,
+    document: yamldoc.Document | None = None,
+) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem.
+    With the `document` it was read from, each error says the line and column too."""
+
+    def at(path: str) -> str:
+        return label + (document.where(path) if document is not None else "")
+
     errors: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(
             [f"{label}: (top level): expected a mapping with 'sources' and 'subscriptions'"]
         )
     unset: set[str] = set()
-    expanded = _expand(raw, "", os.environ if env is None else env, errors, unset, label)
+    expanded = _expand(raw, "", os.environ if env is None else env, errors, unset, at)
     for section in ("sources", "subscriptions"):
         names = expanded.get(section)
         if isinstance(names, dict):
             for name in names:
                 if not isinstance(name, str) or not NAME.match(name):
                     errors.append(
-                        f"{label}: {section}.{name}: not a valid name "
+                        f"{at(f'{section}.{name}')}: {section}.{name}: not a valid name "
                         "(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
                     )
     config: Config | None = None
@@ -548,8 +575,8 @@ def parse_config(raw: object, label: str, env: Mapping[str, str] | None = None) 
         for error in exc.errors():
             path = _key_path(error["loc"])
             if path not in unset:  # already reported as the missing variable
-                errors.append(f"{label}: {path}: {_describe(error)}")
-    errors.extend(_unknown_sources(expanded, label))
+                errors.append(f"{at(path)}: {path}: {_describe(error)}")
+    errors.extend(_unknown_sources(expanded, at))
     if errors:
         raise ConfigError(errors)
     assert config is not None
@@ -568,12 +595,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{label}: cannot read the file: {exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f":{mark.line + 1}:{mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{label}{where}: invalid YAML: {problem}"]) from None
-    return parse_config(raw, label, env)
+        document = yamldoc.load(text)
+    except yamldoc.YamlError as exc:
+        raise ConfigError(
+            [f"{label}:{line}" if line[:1].isdigit() else f"{label}: {line}" for line in exc.errors]
+        ) from None
+    return parse_config(document.data, label, env, document)

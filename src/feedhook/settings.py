@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     config: str = "hooks.yaml"
     db: str = "feedhook.db"
     admin_host: str = "127.0.0.1"
-    admin_port: int = 8080
+    admin_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -32,3 +32,36 @@ class Settings(BaseSettings):
             if value.lower() in ("debug", "info", "warning", "error")
             else value.lower()
         )
+
+
+class SettingsError(Exception):
+    """The FEEDHOOK_* environment cannot be used; `errors` holds one line per variable."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+_EXPECTED = {
+    "admin_port": "a TCP port from 1 to 65535 (0: any free port)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "auto, json or text",
+    "ingest_process": "true or false",
+}
+
+
+def load_settings() -> Settings:
+    """The environment as Settings, or SettingsError with a line a person can act on per
+    bad variable: `FEEDHOOK_ADMIN_PORT=99999: expected a TCP port from 1 to 65535`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            expected = _EXPECTED.get(field, str(error["msg"]).lower())
+            lines.append(
+                f"FEEDHOOK_{field.upper()}={error.get('input')!s}: expected {expected};"
+                f" fix or unset FEEDHOOK_{field.upper()}"
+            )
+        raise SettingsError(lines) from None
