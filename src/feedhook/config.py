@@ -361,13 +361,13 @@ class SubscriptionConfig(_Model):
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         reserved = {"content-type", "content-length", "host", "user-agent", "transfer-encoding"}
-        for name in value:
+        for name, text in value.items():
             lowered = name.lower()
             if lowered in reserved or lowered.startswith("webhook-"):
                 raise ValueError(f"header {name!r} is set by feedhook and cannot be overridden")
             if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
                 raise ValueError(f"not a valid HTTP header name: {name!r}")
-            if any(c in value[name] for c in "\r\n\0"):
+            if any(c in text for c in "\r\n\0"):
                 raise ValueError(
                     f"header {name!r}: the value holds a line break (or NUL), which no"
                     " HTTP request can carry; write it on one line"
