@@ -124,7 +124,8 @@ async def test_health_readiness_and_a_failing_source(
 
         await eventually(failing, what="the source to show as failing")
         _, body = await admin.call("GET", "/readyz")
-        assert "HTTP 500" in body["sources"]["seq"]["last_error"]
+        assert body["sources"]["seq"]["cause"] == "http_500"  # a label, never upstream text
+        assert "last_error" not in body["sources"]["seq"]
 
 
 async def test_metrics_move_with_the_work(
@@ -304,3 +305,43 @@ async def test_open_endpoints_need_no_token(
     async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
         await eventually(lambda: admin.worker.health["seq"].last_success_at is not None)
         assert (await admin.call("GET", path, token=None))[0] == 200
+
+
+async def test_a_reload_that_changes_a_subscription_says_so(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A subscription whose URL changes is reported as changed, not "nothing changed",
+    and the next events go to the new URL."""
+    sequence_feed.add_events(1)
+    raw = config(sequence_feed, receiver, hook={})
+    async with admin_for(tmp_path, raw) as admin:
+        await eventually(lambda: len(receiver.ok("hook")) == 1)
+        raw["subscriptions"]["hook"]["url"] = receiver.url("moved")
+        admin.config_path.write_text(yaml.safe_dump(raw))
+        status, body = await admin.call("POST", "/api/reload")
+        assert status == 200 and body["changes"] == ["subscriptions_changed: hook"]
+        sequence_feed.add_events(1)
+        await eventually(lambda: len(receiver.ok("moved")) == 1, what="the new URL")
+
+
+async def test_hostile_api_input_gets_4xx_not_500(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """An id beyond 64 bits answers 400; an Authorization header with bytes that are not
+    UTF-8 answers 401; neither is an internal error."""
+    async with admin_for(tmp_path, config(sequence_feed, receiver, hook={})) as admin:
+        for path in ("/api/dead-letters/99999999999999999999999999", "/api/dead-letters/0"):
+            status, body = await admin.call("GET", path)
+            assert status == 400 and "whole number" in body["error"]
+        status, _ = await admin.call("POST", "/api/dead-letters/99999999999999999999999/replay")
+        assert status == 400
+        port = int(admin.base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /api/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\x80\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        await writer.drain()
+        head = await reader.readline()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 401"), head

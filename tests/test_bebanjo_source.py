@@ -60,7 +60,8 @@ async def test_wrong_password_is_a_clear_error(sequence_feed: SimFeed) -> None:
             await src.fetch("0")
     finally:
         await src.close()
-    assert "HTTP 401" in str(info.value) and "check the username and password" in str(info.value)
+    assert "HTTP 401" in str(info.value)
+    assert "credentials rejected: check username and password" in str(info.value)
     assert "wrong-sentinel" not in str(info.value)
 
 

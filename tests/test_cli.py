@@ -192,8 +192,8 @@ async def test_run_refuses_bad_config(cli: Cli) -> None:
     cli.config.write_text("sources:\n  s:\n    kind: sequence\n    url: ftp://x\n")
     code, _, err = await cli.run("run")
     assert code == 2
-    assert f"{cli.config}: sources.s.url: not an http(s) URL: 'ftp://x'" in err
-    assert f"{cli.config}: sources.s.username: required key is missing" in err
+    assert f"{cli.config}:4:10: sources.s.url: not an http(s) URL: 'ftp://x'" in err
+    assert f"{cli.config}:3:5: sources.s.username: required key is missing" in err
     assert not cli.db.exists()
 
 
@@ -256,3 +256,46 @@ async def test_replay_stored_events_to_a_new_subscription(
         "sequence.job.deleted",
     }
     assert len(receiver.ok("first")) == 9  # nothing replayed to the first one
+
+
+async def test_status_never_calls_a_source_that_never_answered_ok(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A source whose credentials are rejected from the start: `status` shows its
+    starting cursor and the error, and "last ok: never" (storing the first cursor is
+    not a successful poll)."""
+    config = base_config(sequence_feed, receiver, all={})
+    config["sources"]["seq"]["start"] = "earliest"
+    config["sources"]["seq"]["events_url"] = f"{sequence_feed.api_url}/events"
+    config["sources"]["seq"]["password"] = "wrong"
+    cli.write_config(config)
+    proc = await cli.start("run")
+    try:
+
+        async def error_stored() -> bool:
+            code, out, _ = await cli.run("status", "--json")
+            return code == 0 and bool(json.loads(out)["sources"].get("seq", {}).get("last_error"))
+
+        await eventually(error_stored, what="the error stored")
+    finally:
+        await stop(proc)
+    code, out, _ = await cli.run("status")
+    assert code == 0
+    assert "last ok:    never" in out and "credentials rejected" in out, out
+    assert json.loads((await cli.run("status", "--json"))[1])["sources"]["seq"]["cursor"] == "0"
+
+
+async def test_debug_logging_is_no_sql_firehose(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """FEEDHOOK_LOG_LEVEL=DEBUG says what feedhook does, not every SQL statement with
+    envelopes and cursors as parameters."""
+    sequence_feed.add_events(5)
+    cli.env["FEEDHOOK_LOG_LEVEL"] = "DEBUG"
+    cli.write_config(base_config(sequence_feed, receiver, all={}))
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok()) == 5)
+    _, err = await stop(proc)
+    assert "ingested 5 events" in err or "delivered seq:1" in err
+    for fragment in ("INSERT INTO", "UPDATE deliveries", "SELECT ", "aiosqlite"):
+        assert fragment not in err, fragment

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from feedhook.sim import Fault, Receiver, SimFeed, SimModulo, SimTeamHub
 
@@ -122,13 +124,13 @@ async def test_log_lines_carry_fields(cli: Cli, sequence_feed: SimFeed, receiver
         _, err = await asyncio.wait_for(proc.communicate(), 10)
         text = err.decode()
         if fmt == "json":
-            retry = next(json.loads(x) for x in text.splitlines() if "retrying in" in x)
+            retry = next(json.loads(x) for x in text.splitlines() if "are failing" in x)
             assert {"time", "level", "message"} <= retry.keys()
             assert retry["level"] == "warning" and retry["subscription"] == "hook"
             assert retry["envelope_id"] == "seq:1" and retry["attempt"] == 1
             assert retry["status_code"] == 500 and "duration_ms" in retry
         else:
-            line = next(x for x in text.splitlines() if "retrying in" in x)
+            line = next(x for x in text.splitlines() if "are failing" in x)
             assert "WARNING" in line and "status_code=500" in line and "attempt=1" in line
 
 
@@ -305,3 +307,159 @@ async def test_one_process_when_asked(cli: Cli, sequence_feed: SimFeed, receiver
     assert _children(proc.pid) == []
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+@pytest.mark.parametrize("ingest_process", ["true", "false"])
+async def test_a_filter_that_fails_on_some_events_stops_nothing(
+    cli: Cli, sequence_feed: SimFeed, teamhub: SimTeamHub, receiver: Receiver, ingest_process: str
+) -> None:
+    """The example file's `contains(data.changes, 'name')` on `types: ['*']` fails on every
+    TeamHub event (no `changes`). Every source goes on, the other subscription gets
+    everything, the filtered one gets the Sequence events that match, the failures are
+    counted per subscription, and `feedhook check` warns about it beforehand."""
+    cli.env["FEEDHOOK_INGEST_PROCESS"] = ingest_process
+    sequence_feed.add_events(20, types=["job_updated"])
+    teamhub.add_events(10)
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed), "th": teamhub_source(teamhub)},
+            "subscriptions": {
+                "names": subscription(receiver, "names", filter="contains(data.changes, 'name')"),
+                "all": subscription(receiver, "all"),
+            },
+        }
+    )
+    code, out, _ = await cli.run("check")
+    assert code == 0
+    assert "warning: the filter fails on an example teamhub.push.created event" in out
+    proc = await cli.start("run")
+    try:
+        await eventually(lambda: len(receiver.ok("all")) == 30, what="every event to 'all'")
+        named = sum(1 for e in sequence_feed.events if "name" in (e.changes or "").split(","))
+        await eventually(lambda: len(receiver.ok("names")) == named, what="the named ones")
+        teamhub.add_events(5)
+        await eventually(lambda: len(receiver.ok("all")) == 35, what="TeamHub goes on")
+        _, metrics = await get(f"{cli.admin}/metrics")
+        assert 'feedhook_filter_errors_total{subscription="names"} 15.0' in metrics
+        status, body = await get(f"{cli.admin}/readyz")
+        assert status == 200 and json.loads(body)["failing"] == []
+        assert proc.returncode is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0
+    assert "the ingest process " not in err.decode()  # never died nor restarted
+    warnings = [line for line in err.decode().splitlines() if "its filter failed" in line]
+    assert len(warnings) == 1
+
+
+async def test_an_ingest_process_that_keeps_dying_shows_in_readiness_and_metrics(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """An ingest process that dies before its pollers get anything done: every source
+    turns `failing` in /readyz with the cause, and a metric counts the restarts."""
+    sequence_feed.slow_seconds = 30.0
+    sequence_feed.inject(Fault.SLOW, times=100)  # no poll ever completes
+    _one_hook(cli, sequence_feed, receiver)
+    proc = await cli.start("run")
+    try:
+        await eventually(lambda: len(_children(proc.pid)) == 1, what="the ingest process")
+        (child,) = _children(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        await eventually(lambda: _children(proc.pid) not in ([], [child]), what="a restart")
+
+        async def failing() -> bool:
+            _, body = await get(f"{cli.admin}/readyz")
+            seq = json.loads(body)["sources"].get("seq", {})
+            return seq.get("state") == "failing" and seq.get("cause") == "ingest_process_died"
+
+        await eventually(failing, what="the source shown failing")
+        _, metrics = await get(f"{cli.admin}/metrics")
+        assert "feedhook_ingest_restarts_total 1.0" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 20)
+
+
+async def test_credentials_echoed_back_by_upstreams_and_receivers_never_show(
+    cli: Cli, sequence_feed: SimFeed, teamhub: SimTeamHub, modulo: SimModulo, receiver: Receiver
+) -> None:
+    """Servers that quote the request back in their error pages: a TeamHub answering
+    500 with our keys, a Modulo token endpoint quoting the form (a client_secret with a
+    quote and a backslash, URL-encoded there, JSON-escaped in the logs), receivers
+    echoing the configured Authorization header or the Basic header made from URL
+    credentials. None of it reaches `status`, the API, the unauthenticated /readyz
+    (states and causes only), the dead letters, `send-test`, `check` or the logs."""
+    token = f"admin-{SENTINEL}"
+    cli.env["FEEDHOOK_ADMIN_TOKEN"] = token
+    teamhub.echo_requests = modulo.echo_requests = True
+    teamhub.account_key = f"acct-{SENTINEL}"
+    teamhub.inject(Fault.ERROR_500, times=1000)
+    receiver.answer("echo-header", 400, echo=True)
+    receiver.answer("echo-basic", 400, echo=True)
+    sequence_feed.guard.password = "seq-password-x"  # not a word the messages use
+    sequence_feed.add_events(2)
+    token_url = modulo.token_url.replace("http://", f"http://tok:url-{SENTINEL}@")
+    raw = {
+        "sources": {
+            "seq": source(sequence_feed, password=sequence_feed.guard.password),
+            "th": teamhub_source(teamhub, account_key=f"acct-{SENTINEL}", max_backoff="100ms"),
+            "risk": modulo_source(
+                modulo, ["E1"], token_url=token_url, client_secret=f'cs"{SENTINEL}\\x'
+            ),
+        },
+        "subscriptions": {
+            "echo-header": subscription(
+                receiver, "echo-header", headers={"Authorization": f"Bearer hdr-{SENTINEL}"}
+            ),
+            "echo-basic": subscription(
+                receiver,
+                "echo-basic",
+                url=receiver.url("echo-basic").replace("http://", f"http://u:pw-{SENTINEL}@")
+                + f"?api_key=q-{SENTINEL}",
+            ),
+        },
+    }
+    cli.write_config(raw)
+    outputs: list[str] = []
+    code, out, err = await cli.run("check")
+    assert code == 0
+    outputs += [out, err]
+    proc = await cli.start("run")
+    try:
+
+        async def errors_stored() -> bool:
+            try:
+                _, body = await get(f"{cli.admin}/api/status", token)
+            except aiohttp.ClientError:
+                return False  # not listening yet
+            sources = json.loads(body)["sources"]
+            return all(sources.get(n, {}).get("last_error") for n in ("th", "risk"))
+
+        await eventually(errors_stored, what="both sources' errors stored")
+        await eventually(lambda: len(receiver.received) >= 4, what="the echoing receivers")
+        await asyncio.sleep(0.5)  # the dead letters written
+        for path, auth in (("/api/status", token), ("/readyz", None), ("/api/dead-letters", token)):
+            outputs.append((await get(cli.admin + path, auth))[1])
+        ready = json.loads(outputs[-2])["sources"]
+        assert ready["th"]["cause"] == "http_500" and ready["risk"]["cause"] == "http_400"
+        assert "http://" not in outputs[-2] and "last_error" not in outputs[-2]
+        dead = json.loads((await cli.run("dlq", "list", "--json"))[1])
+        assert len(dead) >= 2
+        for letter in dead:
+            outputs.append((await cli.run("dlq", "show", str(letter["id"])))[1])
+            outputs.append((await get(f"{cli.admin}/api/dead-letters/{letter['id']}", token))[1])
+        outputs += list((await cli.run("status"))[1:])
+        for name in ("echo-header", "echo-basic"):
+            outputs += list((await cli.run("send-test", name))[1:])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err_b = await asyncio.wait_for(proc.communicate(), 10)
+    outputs.append(err_b.decode())
+    everything = "\n".join(outputs)
+    assert "your request" in everything  # the echoes did happen
+    assert "credentials rejected: check client_id and client_secret" in everything
+    assert "Basic ***" in everything  # the echoed headers arrived, masked
+    assert SENTINEL not in everything
+    basic = base64.b64encode(f"u:pw-{SENTINEL}".encode()).decode()
+    assert basic not in everything

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+
+import pytest
 
 from feedhook.config import SubscriptionConfig
 from feedhook.envelope import make_envelope
@@ -47,3 +50,34 @@ def test_globs_are_case_sensitive() -> None:
     """Types are lowercase by contract; a glob does not match another case."""
     router = Router({"a": sub(types=["sequence.JOB.*"])})
     assert router.match(env("sequence.job.created")) == []
+
+
+def test_a_failing_filter_is_no_match_for_that_subscription_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`contains(data.changes, 'name')` on an event without `changes` raises inside
+    JMESPath: that subscription does not match, the others do, the failure is counted
+    and logged once per (subscription, error kind) a minute with the envelope id."""
+    router = Router(
+        {
+            "names": sub(types=["*"], filter="contains(data.changes, 'name')"),
+            "all": sub(types=["*"]),
+        }
+    )
+    teamhub_like = make_envelope(
+        source_name="th",
+        upstream_id="abc",
+        source="https://x/api",
+        type="teamhub.push.created",
+        time=datetime.now(UTC),
+        data={"progress": 100},
+    )
+    with caplog.at_level(logging.WARNING, logger="feedhook.router"):
+        for _ in range(50):
+            assert router.match(teamhub_like) == ["all"]
+        assert router.match(env("sequence.job.updated", changes=["name"])) == ["names", "all"]
+    assert router.take_filter_errors() == {"names": 50}
+    assert router.take_filter_errors() == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "names" in lines[0] and "th:abc" in lines[0], lines
+    assert "no match" in lines[0]

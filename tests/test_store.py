@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from feedhook.envelope import make_envelope
-from feedhook.store import IngestItem, Outcome, SqliteStore
-from feedhook.store.sqlite import SCHEMA_VERSION, StoreError
+from feedhook.store import IngestItem, Outcome, SqliteStore, StoreError
+from feedhook.store.sqlite import SCHEMA_VERSION
 
 
 def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
@@ -173,13 +173,18 @@ async def test_replay_events_on_purpose(store: SqliteStore) -> None:
             Outcome(claimed[1].id, "dead", 1, at=1.0, reason="x"),
         ]
     )  # claimed[2] and [3] stay in flight
-    assert await store.replay_events("b", 5.0, type_glob="sequence.job.*") == 3
-    assert await store.replay_events("a", 5.0, source="seq") == 2  # not the in-flight two
+    jobs = await store.stored_events(0, 100, type_glob="sequence.job.*")
+    assert [e.envelope_id for e in jobs] == ["seq:1", "seq:2", "seq:3"]
+    assert await store.enqueue("b", [e.id for e in jobs], 5.0) == 3
+    everything = [e.id for e in await store.stored_events(0, 100, source="seq")]
+    assert await store.enqueue("a", everything, 5.0) == 2  # not the in-flight two
     assert await store.list_dead() == []
     counts = (await store.status()).subscriptions
     assert (counts["a"].pending, counts["b"].pending) == (4, 3)
-    assert await store.replay_events("b", 5.0, envelope_ids=["seq:4"]) == 1
-    assert await store.replay_events("b", 5.0, since=1e12) == 0
+    (last,) = await store.stored_events(0, 100, envelope_ids=["seq:4"])
+    assert await store.enqueue("b", [last.id], 5.0) == 1
+    assert await store.stored_events(0, 100, since=1e12) == []
+    assert [e.envelope_id for e in await store.stored_events(jobs[1].id, 1)] == ["seq:3"]
 
 
 def truth(path: Path) -> dict[tuple[str, str], int]:
@@ -219,8 +224,9 @@ async def test_trigger_counts_match_the_rows(tmp_path: Path) -> None:
         letters = await store.list_dead()
         await store.replay_dead([letters[0].id], None, 2.0)
         await store.purge_dead([letters[1].id], None)
-        await store.replay_events("c", 3.0, source="seq")
-        await store.replay_events("a", 3.0, envelope_ids=["seq:9"])
+        await store.enqueue("c", [e.id for e in await store.stored_events(0, 100)], 3.0)
+        (nine,) = await store.stored_events(0, 100, envelope_ids=["seq:9"])
+        await store.enqueue("a", [nine.id], 3.0)
         assert counted(await store.counts()) == truth(path)
         assert (await store.counts())["a"].dead_letter == 2
 
@@ -293,8 +299,8 @@ async def test_a_write_waits_for_another_process_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ingest and delivery write from two processes: a write that finds the database
-    locked waits for the lock and then lands; a lock held past LOCK_WAIT is a clear
-    error, not a hang."""
+    locked waits for the lock and then lands; a lock held past LOCK_WAIT is waited out
+    too (never an exit), shown by `locked_since` and a warning, and the write lands."""
     path = tmp_path / "t.db"
     async with SqliteStore(path) as store:
         other = sqlite3.connect(path, isolation_level=None)
@@ -307,8 +313,50 @@ async def test_a_write_waits_for_another_process_lock(
 
         monkeypatch.setattr("feedhook.store.sqlite.LOCK_WAIT", 0.2)
         other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(StoreError, match=r"stayed locked for 0\.2s"):
-            await store.ingest("seq", [item(2)], "2")
+        writing = asyncio.ensure_future(store.ingest("seq", [item(2)], "2"))
+        await asyncio.sleep(0.6)
+        assert not writing.done() and store.locked_since is not None
         other.execute("ROLLBACK")
         other.close()
-        assert [i.upstream_id for i in await store.ingest("seq", [item(2)], "2")] == ["2"]
+        assert [i.upstream_id for i in await asyncio.wait_for(writing, 5)] == ["2"]
+        assert store.locked_since is None
+
+
+async def test_one_claim_serves_a_thousand_subscriptions(store: SqliteStore) -> None:
+    """1,000 lanes of different appetites in one claim: each gets its own earliest due
+    deliveries, exactly as many as it asked for (SQLite's 500-term limit never applies)."""
+    names = [f"s{i:04d}" for i in range(1000)]
+    for start in range(0, 30, 10):
+        await store.ingest("seq", [item(n, tuple(names)) for n in range(start, start + 10)], "x")
+    wants = {name: 1 + i % 17 for i, name in enumerate(names)}
+    claimed = await store.claim(wants, now=1e12)
+    by_lane: dict[str, list[str]] = {}
+    for delivery in claimed:
+        by_lane.setdefault(delivery.subscription, []).append(delivery.envelope_id)
+    assert {name: len(ids) for name, ids in by_lane.items()} == wants
+    assert by_lane["s0016"] == [f"seq:{n}" for n in range(17)]  # oldest first
+    assert await store.next_due_at(names) is not None
+    assert await store.next_due_at(["nobody"]) is None
+
+
+async def test_a_holder_keeps_a_second_holder_out(tmp_path: Path) -> None:
+    """`exclusive` opens take the database's holder lock; a second one is refused with
+    the holder named, and the lock is free again once the first closes."""
+    path = tmp_path / "t.db"
+    async with SqliteStore(path, exclusive=True):
+        with pytest.raises(StoreError, match=r"is in use by another feedhook run \(pid \d+"):
+            await SqliteStore(path, exclusive=True).open()
+        async with SqliteStore(path) as reader:  # read-only commands still work
+            assert await reader.get_cursor("seq") is None
+    async with SqliteStore(path, exclusive=True):
+        pass
+
+
+async def test_a_deleted_database_is_noticed(tmp_path: Path) -> None:
+    """check_identity: fine while the file is the one opened; an error once it is gone."""
+    path = tmp_path / "t.db"
+    async with SqliteStore(path, exclusive=True) as store:
+        store.check_identity()
+        path.unlink()
+        with pytest.raises(StoreError, match="was deleted while feedhook was running"):
+            store.check_identity()

@@ -17,6 +17,7 @@ from feedhook import clock
 from feedhook.app import Worker
 from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings
+from feedhook.store import StoreError
 
 log = logging.getLogger("feedhook.admin")
 
@@ -68,7 +69,11 @@ async def api_guard(request: web.Request, handler: Handler) -> web.StreamRespons
         expected = request.app[TOKEN]
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        try:
+            sent = token.encode()
+        except UnicodeError:  # bytes that are not UTF-8: no token of ours
+            sent = b""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected.encode()):
             return _error(401, "missing or wrong token: send Authorization: Bearer <token>")
     try:
         return await handler(request)
@@ -93,10 +98,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     worker = request.app[RUNTIME].worker
+    if worker is not None:
+        try:
+            worker.store.check_identity()  # a stat: readiness is red the moment it is gone
+        except StoreError:
+            return _json({"ready": False, "reason": "the database file is gone; stopping"}, 503)
     if worker is None or not worker.running:
         return _json({"ready": False, "reason": "starting"}, 503)
     now = clock.now()
-    sources = {name: health.to_json(now) for name, health in sorted(worker.health.items())}
+    if (locked := worker.store.locked_since) is not None:
+        return _json(
+            {
+                "ready": False,
+                "reason": f"the database has been locked by another program for"
+                f" {now - locked:.0f}s; feedhook is waiting for it",
+            },
+            503,
+        )
+    sources = {
+        name: health.to_json(now, detail=False) for name, health in sorted(worker.health.items())
+    }
     failing = [name for name, s in sources.items() if s["state"] == "failing"]
     return _json({"ready": True, "failing": failing, "sources": sources})
 
@@ -135,13 +156,13 @@ def _int(request: web.Request, key: str, default: int, low: int, high: int) -> i
 
 
 def _dead_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit() and 0 < int(raw) < 2**63):
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": "a dead letter id is a whole number"}),
+            text=json.dumps({"error": "a dead letter id is a whole number from 1 to 2^63-1"}),
             content_type="application/json",
-        ) from None
+        )
+    return int(raw)
 
 
 async def api_status(request: web.Request) -> web.Response:

@@ -21,10 +21,13 @@ from feedhook.delivery.sender import new_session
 from feedhook.ingest_process import IngestProcess
 from feedhook.metrics import Metrics
 from feedhook.sources.poller import SourceHealth
-from feedhook.store.base import Store
+from feedhook.store.base import Store, StoreError
 from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
+
+# How often the worker makes sure its database file is still the one it opened.
+IDENTITY_CHECK_INTERVAL = 2.0
 
 
 class PollMeter:
@@ -37,10 +40,18 @@ class PollMeter:
     def started(self, health: SourceHealth) -> None:
         pass
 
-    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
+    def ingested(
+        self,
+        health: SourceHealth,
+        pages: int,
+        types: Mapping[str, int],
+        filter_errors: Mapping[str, int],
+    ) -> None:
         self.metrics.polls.labels(health.name).inc(pages)
         for type_, count in types.items():
             self.metrics.events_ingested.labels(health.name, type_).inc(count)
+        for subscription, count in filter_errors.items():
+            self.metrics.filter_errors.labels(subscription).inc(count)
         if types:
             self.wake()
 
@@ -72,6 +83,8 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.ingest: Tails | IngestProcess | None = None
         self.running = False
+        # Why the worker is stopping on its own (readiness says it while it does).
+        self.fatal: str | None = None
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
@@ -110,7 +123,7 @@ class Worker:
             self.dispatcher = dispatcher
             if self.ingest_db is not None:
                 ingest: Tails | IngestProcess = IngestProcess(
-                    self.config, str(self.ingest_db), meter
+                    self.config, str(self.ingest_db), meter, self.metrics.ingest_restarts.inc
                 )
             else:
                 ingest = Tails(self.config, self.store, meter)
@@ -119,6 +132,7 @@ class Worker:
                 self._tasks = tasks
                 tasks.create_task(dispatcher.run(), name="dispatcher")
                 tasks.create_task(ingest.run(), name="ingest")
+                watch = tasks.create_task(self._watch_store(), name="store-watch")
                 self.running = True
                 log.info(
                     "feedhook %s running: %d sources%s, %d subscriptions",
@@ -132,7 +146,23 @@ class Worker:
                 log.info("stopping: no new polls; finishing in-flight deliveries")
                 ingest.stop()
                 dispatcher.stop()
+                watch.cancel()
         log.info("stopped")
+        if self.fatal is not None:
+            raise StoreError(self.fatal)
+
+    async def _watch_store(self) -> None:
+        """A database deleted or replaced underneath the worker ends it (exit 1): going
+        on would write cursors and outcomes into a file nobody will open again."""
+        while True:
+            await asyncio.sleep(IDENTITY_CHECK_INTERVAL)
+            try:
+                self.store.check_identity()
+            except StoreError as exc:
+                self.fatal = str(exc)
+                log.error("%s", exc)
+                self.stop()  # readiness is red while in-flight deliveries finish
+                return
 
     # --- live reload -----------------------------------------------------------------
 
@@ -148,6 +178,11 @@ class Worker:
             changes = {
                 "subscriptions_added": sorted(set(config.subscriptions) - set(old.subscriptions)),
                 "subscriptions_removed": sorted(set(old.subscriptions) - set(config.subscriptions)),
+                "subscriptions_changed": sorted(
+                    n
+                    for n in set(config.subscriptions) & set(old.subscriptions)
+                    if config.subscriptions[n] != old.subscriptions[n]
+                ),
                 "sources_added": sorted(set(config.sources) - set(old.sources)),
                 "sources_removed": sorted(set(old.sources) - set(config.sources)),
                 "sources_changed": sorted(
@@ -157,7 +192,7 @@ class Worker:
                 ),
             }
             self.config = config
-            logs.redact.update(logs.redact.secrets + tuple(config.secret_values()))
+            logs.redact.add(config.secret_values())
             if self.dispatcher is not None:
                 self.dispatcher.reconfigure(config.subscriptions)
             if self.ingest is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from feedhook import __version__, logs
 from feedhook.config import (
     Config,
     ConfigError,
+    SubscriptionConfig,
     check_glob,
     describe_source,
     load_config,
@@ -25,8 +27,7 @@ from feedhook.config import (
 from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings, SettingsError, load_settings
-from feedhook.store import SqliteStore, Status
-from feedhook.store.sqlite import StoreError
+from feedhook.store import SqliteStore, Status, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -150,11 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config_path(args: argparse.Namespace, settings: Settings) -> str:
-    return args.config or settings.config
+    return getattr(args, "config", None) or settings.config
 
 
 def _load(args: argparse.Namespace, settings: Settings) -> Config:
-    return load_config(_config_path(args, settings))
+    config = load_config(_config_path(args, settings))
+    # Whatever this command prints (a receiver's answer, a stored error) is masked.
+    logs.redact.add(config.secret_values())
+    return config
 
 
 # --- run -----------------------------------------------------------------------------
@@ -174,7 +178,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         admin = AdminServer(runtime, settings)
         await admin.start()  # health answers while the store opens; readiness waits
         try:
-            async with SqliteStore(settings.db) as store:
+            async with SqliteStore(settings.db, exclusive=True, verify=True) as store:
                 worker = Worker(
                     config,
                     store,
@@ -212,11 +216,13 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {name}: {describe_source(source)}")
     print(f"\nsubscriptions ({len(config.subscriptions)}):")
     for name, sub in config.subscriptions.items():
-        print(f"  {name} -> {redact_url(sub.url)}")
+        print(f"  {name} -> {redact_url(sub.url, query=True)}")
         print(f"    types:   {', '.join(sub.types)}")
         print(f"    sources: {', '.join(sub.sources) if sub.sources else 'all'}")
         if sub.filter:
             print(f"    filter:  {sub.filter}")
+            for warning in _filter_warnings(name, sub, config):
+                print(f"    warning: {warning}")
         signing = "signed" if sub.secret else "UNSIGNED (no secret)"
         if sub.previous_secrets:
             signing += f", plus {len(sub.previous_secrets)} previous secret(s)"
@@ -224,6 +230,29 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if not config.subscriptions:
         print("  (none: events will be stored but sent nowhere)")
     return EXIT_OK
+
+
+def _filter_warnings(name: str, sub: SubscriptionConfig, config: Config) -> list[str]:
+    """The filter tried on an example event of each type the subscription can receive:
+    where it fails, say so (at run time such events count as no match)."""
+    from feedhook.router import FilterError, compile_route
+    from feedhook.samples import sample_envelopes
+
+    route = compile_route(name, sub)
+    warnings: dict[str, str] = {}
+    for source_name, source in config.sources.items():
+        for envelope in sample_envelopes(source_name, source.kind, source.url):
+            if not route.wants(envelope.feedhooksource, envelope.type):
+                continue
+            try:
+                route.accepts(envelope.to_dict())
+            except FilterError as exc:
+                warnings.setdefault(
+                    str(exc),
+                    f"the filter fails on an example {envelope.type} event ({exc}); such"
+                    " events will count as no match for this subscription",
+                )
+    return list(warnings.values())
 
 
 # --- status and dead letters ---------------------------------------------------------
@@ -293,6 +322,9 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     if action in ("replay", "purge") and args.ids and args.all:
         raise UsageError(f"dlq {action}: give IDs or --all, not both")
 
+    with contextlib.suppress(ConfigError):
+        _load(args, settings)  # only to know the secrets to mask in what is shown
+
     async def act() -> int:
         async with _open_existing(settings) as store:
             if action == "list":
@@ -351,6 +383,8 @@ def _since(value: str | None) -> float | None:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.replay import ReplayResult, replay
+
     config = _load(args, settings)
     if args.subscription not in config.subscriptions:
         known = ", ".join(config.subscriptions) or "none"
@@ -369,10 +403,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         )
     since = _since(args.since)
 
-    async def act() -> int:
+    async def act() -> ReplayResult:
         async with _open_existing(settings) as store:
-            return await store.replay_events(
+            return await replay(
+                store,
                 args.subscription,
+                config.subscriptions[args.subscription],
                 time.time(),
                 envelope_ids=args.envelope_ids or None,
                 source=args.source,
@@ -380,8 +416,24 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 since=since,
             )
 
-    count = asyncio.run(act())
-    print(f"queued {count} event(s) for {args.subscription}; a running feedhook delivers them now")
+    result = asyncio.run(act())
+    skipped = (
+        f"; {result.not_wanted} stored event(s) matched the command's filters but not the"
+        " subscription's types, sources or filter, and were left out"
+        if result.not_wanted
+        else ""
+    )
+    print(
+        f"queued {result.queued} event(s) for {args.subscription}{skipped};"
+        " a running feedhook delivers them now"
+    )
+    if result.missing:
+        print(
+            f"feedhook: not stored, so not queued: {', '.join(result.missing)}"
+            " (check the envelope ids: <source>:<upstream id>)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -61,15 +61,44 @@ def _http_url(value: object) -> str:
     return value
 
 
-def redact_url(url: str) -> str:
-    """The URL with any user:password@ part masked, for logs and errors."""
+# Query parameters whose values are credentials by their name.
+SENSITIVE_PARAM = re.compile(r"key|token|secret|pass|auth|sig|code|credential|session", re.I)
+
+
+def redact_url(url: str, *, query: bool = False) -> str:
+    """The URL for logs, errors and `check`: any user:password@ part masked, and the
+    values of query parameters that look like credentials (`?api_key=`); with `query`,
+    every query value (a receiver's URL, whose parameters mean nothing to feedhook)."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    masked = parts.query
+    if parts.query:
+        masked = "&".join(
+            f"{name}=***" if sep and (query or SENSITIVE_PARAM.search(name)) else pair
+            for pair in parts.query.split("&")
+            for name, sep, _ in [pair.partition("=")]
+        )
+    if netloc == parts.netloc and masked == parts.query:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=f"***@{host}").geturl()
+    return parts._replace(netloc=netloc, query=masked).geturl()
+
+
+def url_secrets(url: str) -> set[str]:
+    """The credentials a URL carries: its password, the Basic header aiohttp derives from
+    user:password (an upstream may echo it back), and credential-like query values."""
+    parts = urlsplit(url)
+    found: set[str] = set()
+    if parts.password:
+        found.add(parts.password)
+        basic = f"{parts.username or ''}:{parts.password}".encode()
+        found.add(base64.b64encode(basic).decode())
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and SENSITIVE_PARAM.search(name):
+            found.add(value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -284,7 +313,11 @@ def describe_source(source: SequenceSource | MovidaSource | TeamHubSource | Modu
         ]
         only = f", only {' '.join(filters)}" if filters else ""
         return f"{head}, {tail}, live events {source.live_events}{only}"
-    auth = "static token" if source.token is not None else f"OAuth2 via {source.token_url}"
+    auth = (
+        "static token"
+        if source.token is not None
+        else f"OAuth2 via {redact_url(source.token_url or '')}"
+    )
     children = " (with child events)" if source.include_child_events else ""
     return f"{head}, event codes {', '.join(source.event_codes)}{children}, {auth}, {tail}"
 
@@ -415,9 +448,7 @@ class Config(_Model):
                 for item in value:
                     walk(item)
             elif isinstance(value, str) and "://" in value:
-                password = urlsplit(value).password
-                if password:
-                    found.add(password)
+                found.update(url_secrets(value))
 
         walk(self)
         return found

@@ -27,7 +27,7 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import orjson
@@ -52,11 +52,21 @@ class IngestProcess:
     """The main process's side: starts the child, forwards config, reads its reports,
     restarts it if it dies. Same face as `Tails`: run, apply, stop, health, alive."""
 
-    def __init__(self, config: Config, db: str, observer: PollObserver) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: str,
+        observer: PollObserver,
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.db = db
         self.observer = observer
+        self.on_restart = on_restart
         self.health: dict[str, SourceHealth] = {}
+        # While the child keeps dying: since when, and why. Every source shows it (a
+        # child that dies before its first report would otherwise show nothing at all).
+        self._trouble: tuple[float, str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
         self._running = False
@@ -84,10 +94,12 @@ class IngestProcess:
                     reason,
                     delay,
                 )
-                now = clock.now()
-                for health in self.health.values():
-                    health.failing_since = health.failing_since or now
-                    health.last_error = reason
+                self.on_restart()
+                since = self._trouble[0] if self._trouble else clock.now()
+                self._trouble = (since, reason)
+                for name, source in self.config.sources.items():
+                    health = self.health.setdefault(name, SourceHealth(name, source.poll_interval))
+                    self._mark(health)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
@@ -150,12 +162,24 @@ class IngestProcess:
             if health.name not in self.config.sources:
                 continue  # stopped by a reload the child had not seen yet
             self.health[health.name] = health
+            if self._trouble is not None and "pages" not in report:
+                self._mark(health)  # a fresh child's "started" does not clear the trouble
             if "pages" in report:
-                self.observer.ingested(health, report["pages"], report["types"])
+                self._trouble = None  # the child reads and writes: whatever it was is over
+                self.observer.ingested(
+                    health, report["pages"], report["types"], report["filter_errors"]
+                )
             elif "cause" in report:
                 self.observer.failed(health, report["cause"])
             else:
                 self.observer.started(health)
+
+    def _mark(self, health: SourceHealth) -> None:
+        assert self._trouble is not None
+        since, reason = self._trouble
+        health.failing_since = min(health.failing_since or since, since)
+        health.last_error = reason
+        health.cause = "ingest_process_died"
 
 
 def _how(code: int) -> str:
@@ -180,8 +204,14 @@ class PipeReporter:
     def started(self, health: SourceHealth) -> None:
         self._send(health)
 
-    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
-        self._send(health, pages=pages, types=types)
+    def ingested(
+        self,
+        health: SourceHealth,
+        pages: int,
+        types: Mapping[str, int],
+        filter_errors: Mapping[str, int],
+    ) -> None:
+        self._send(health, pages=pages, types=types, filter_errors=filter_errors)
 
     def failed(self, health: SourceHealth, cause: str) -> None:
         self._send(health, cause=cause)
@@ -211,7 +241,7 @@ async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
 
         async def listen() -> None:
             while (new := await _receive(reader)) is not None:
-                logs.redact.update(logs.redact.secrets + tuple(new.secret_values()))
+                logs.redact.add(new.secret_values())
                 await tails.apply(new)
             tails.stop()
 

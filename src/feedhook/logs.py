@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 # Fields a log call may attach with extra={...}; they become top-level JSON keys.
 FIELDS = (
@@ -30,8 +31,17 @@ class Redactor:
         self.secrets: tuple[str, ...] = ()
 
     def update(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is masked whole.
-        self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        # Each secret also as an upstream may echo it: URL-encoded (a form, a query) and
+        # JSON-escaped. Longest first, so a secret containing another is masked whole.
+        found: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= 4:
+                found |= {secret, quote(secret, safe=""), quote_plus(secret), _json_inner(secret)}
+        self.secrets = tuple(sorted(found, key=len, reverse=True))
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these as well as the ones already known (a reload adds, never forgets)."""
+        self.update((*self.secrets, *secrets))
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -40,7 +50,36 @@ class Redactor:
         return text
 
 
+def _json_inner(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
 redact = Redactor()
+
+
+class Throttle:
+    """At most one line per key per `interval` seconds, for failures that repeat by the
+    thousand (a receiver down, a filter that fails on every event): the first is logged
+    at once, the ones after it are counted, and the next line says how many there were."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._keys: dict[Hashable, list[float]] = {}  # key -> [last logged at, held back]
+
+    def allow(self, key: Hashable, now: float) -> int | None:
+        """None: stay quiet (counted). A number: log now, and say this many were held back."""
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) > 10_000:  # keys come from config and causes: bounded anyway
+                self._keys.clear()
+            self._keys[key] = [now, 0]
+            return 0
+        if now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        held = int(entry[1])
+        entry[0], entry[1] = now, 0
+        return held
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,7 +96,12 @@ class JsonFormatter(logging.Formatter):
                 line[field] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(line, ensure_ascii=False))
+        # Masked before encoding: a secret holding a quote or a backslash is escaped in the
+        # JSON text and would no longer be found there.
+        return json.dumps(
+            {k: redact(v) if isinstance(v, str) else v for k, v in line.items()},
+            ensure_ascii=False,
+        )
 
 
 class TextFormatter(logging.Formatter):
@@ -84,5 +128,7 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log would only repeat what feedhook says itself.
+    # aiohttp's access log would only repeat what feedhook says itself, and aiosqlite's
+    # DEBUG lines are every SQL statement with its parameters (envelopes, cursors).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -31,6 +31,17 @@ class Metrics:
             ["source", "cause"],
             registry=registry,
         )
+        self.filter_errors = Counter(
+            "feedhook_filter_errors",
+            "Events on which a subscription's filter failed (counted as no match)",
+            ["subscription"],
+            registry=registry,
+        )
+        self.ingest_restarts = Counter(
+            "feedhook_ingest_restarts",
+            "Times the ingest process died and was started again",
+            registry=registry,
+        )
         self.source_lag = Gauge(
             "feedhook_source_lag_seconds",
             "Now minus the time of the newest event seen from the source",

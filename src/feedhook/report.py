@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedhook.config import Config
+from feedhook.logs import redact
 from feedhook.sources.poller import SourceHealth
 from feedhook.store.base import DeadLetter, Status
 
@@ -35,7 +36,7 @@ def status_document(
             "cursor": state.cursor if state else None,
             "last_poll_at": _iso(state.last_poll_at) if state else None,
             "last_success_at": _iso(state.last_success_at) if state else None,
-            "last_error": state.last_error if state else None,
+            "last_error": redact(state.last_error) if state and state.last_error else None,
             "last_error_at": _iso(state.last_error_at) if state else None,
         }
         if health is not None and name in health and now is not None:
@@ -60,8 +61,9 @@ def dead_letter_document(letter: DeadLetter, with_event: bool = False) -> dict[s
         "type": letter.type,
         "attempts": letter.attempts,
         "status_code": letter.status_code,
-        "reason": letter.reason,
-        "response_body": letter.response_body,
+        # Masked again when shown: rows stored before a secret was configured.
+        "reason": redact(letter.reason),
+        "response_body": None if letter.response_body is None else redact(letter.response_body),
         "failed_at": _iso(letter.failed_at),
     }
     if with_event and letter.body is not None:

@@ -1,9 +1,16 @@
-"""Which subscriptions want an event: type globs, optional sources, optional JMESPath."""
+"""Which subscriptions want an event: type globs, optional sources, optional JMESPath.
+
+A filter that fails on an event (a function given the wrong type, a field that is not
+there) is that subscription's "no match" for that event, never an error of the whole
+ingest: it is logged once per (subscription, error kind) a minute and counted.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +18,18 @@ from typing import Any
 import jmespath
 import jmespath.parser
 
+from feedhook import clock
 from feedhook.config import SubscriptionConfig
 from feedhook.envelope import Envelope
+from feedhook.logs import Throttle
+
+log = logging.getLogger("feedhook.router")
+
+FILTER_ERROR_LOG_INTERVAL = 60.0
+
+
+class FilterError(Exception):
+    """A subscription's filter failed on one envelope."""
 
 
 @dataclass(frozen=True)
@@ -22,14 +39,20 @@ class Route:
     sources: frozenset[str] | None
     filter: jmespath.parser.ParsedResult | None
 
-    def matches(self, envelope: Envelope) -> bool:
-        if self.sources is not None and envelope.feedhooksource not in self.sources:
+    def wants(self, source: str, type: str) -> bool:
+        """Whether the subscription takes events of this source and type (filter aside)."""
+        if self.sources is not None and source not in self.sources:
             return False
-        if not self.types.match(envelope.type):
-            return False
+        return self.types.match(type) is not None
+
+    def accepts(self, document: Mapping[str, Any]) -> bool:
+        """The filter's verdict on the envelope as a JSON document; FilterError if it fails."""
         if self.filter is None:
             return True
-        return _truthy(self.filter.search(envelope.to_dict()))
+        try:
+            return _truthy(self.filter.search(document))
+        except Exception as exc:  # JMESPath raises several kinds; any is "no match"
+            raise FilterError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _truthy(value: Any) -> bool:
@@ -41,16 +64,52 @@ class Router:
     """Subscriptions compiled once at config load."""
 
     def __init__(self, subscriptions: Mapping[str, SubscriptionConfig]) -> None:
-        self.routes = tuple(
-            Route(
-                name=name,
-                types=re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in sub.types)),
-                sources=frozenset(sub.sources) if sub.sources is not None else None,
-                filter=jmespath.compile(sub.filter) if sub.filter else None,
-            )
-            for name, sub in subscriptions.items()
-        )
+        self.routes = tuple(compile_route(name, sub) for name, sub in subscriptions.items())
+        # Filter failures since the last `take_filter_errors()`, by subscription.
+        self.filter_errors: Counter[str] = Counter()
+        self._log_gate = Throttle(FILTER_ERROR_LOG_INTERVAL)
 
     def match(self, envelope: Envelope) -> list[str]:
         """The names of the subscriptions that receive this envelope."""
-        return [route.name for route in self.routes if route.matches(envelope)]
+        names = []
+        document: dict[str, Any] | None = None
+        for route in self.routes:
+            if not route.wants(envelope.feedhooksource, envelope.type):
+                continue
+            if route.filter is not None and document is None:
+                document = envelope.to_dict()
+            try:
+                if route.accepts(document or {}):
+                    names.append(route.name)
+            except FilterError as exc:
+                self._filter_failed(route.name, envelope.id, exc)
+        return names
+
+    def take_filter_errors(self) -> Counter[str]:
+        """The filter failures counted since the last call, by subscription."""
+        errors, self.filter_errors = self.filter_errors, Counter()
+        return errors
+
+    def _filter_failed(self, subscription: str, envelope_id: str, exc: FilterError) -> None:
+        self.filter_errors[subscription] += 1
+        kind = type(exc.__cause__).__name__
+        held = self._log_gate.allow((subscription, kind), clock.now())
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            log.warning(
+                "subscription %s: its filter failed on %s (%s); counted as no match%s",
+                subscription,
+                envelope_id,
+                exc,
+                more,
+                extra={"subscription": subscription, "envelope_id": envelope_id},
+            )
+
+
+def compile_route(name: str, sub: SubscriptionConfig) -> Route:
+    return Route(
+        name=name,
+        types=re.compile("|".join(f"(?:{fnmatch.translate(t)})" for t in sub.types)),
+        sources=frozenset(sub.sources) if sub.sources is not None else None,
+        filter=jmespath.compile(sub.filter) if sub.filter else None,
+    )

@@ -16,8 +16,13 @@ from feedhook.config import SubscriptionConfig
 from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
+from feedhook.logs import Throttle
 from feedhook.metrics import Metrics
 from feedhook.store.base import Delivery, Outcome, Store
+
+# Retried failures are summed up per (subscription, cause) once a minute at WARNING;
+# each attempt is a DEBUG line.
+FAILURE_LOG_INTERVAL = 60.0
 
 log = logging.getLogger("feedhook.delivery")
 
@@ -103,6 +108,7 @@ class Dispatcher:
         # The earliest retry this process scheduled (or found at start); None: none known.
         self._next_retry: float | None = None
         self._released: list[int] = []  # claimed, never sent: back to pending
+        self._log_gate = Throttle(FAILURE_LOG_INTERVAL)
         self.reconfigure(subscriptions)
 
     def reconfigure(self, subscriptions: Mapping[str, SubscriptionConfig]) -> None:
@@ -283,15 +289,28 @@ class Dispatcher:
             assert decision.retry_at is not None
             if self._next_retry is None or decision.retry_at < self._next_retry:
                 self._next_retry = decision.retry_at
-            log.warning(
-                "delivery of %s to %s failed (attempt %d: %s); retrying in %.1fs",
-                delivery.envelope_id,
-                lane.name,
-                attempts,
-                decision.reason,
-                decision.retry_at - now,
-                extra=fields,
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "delivery of %s to %s failed (attempt %d: %s); retrying in %.1fs",
+                    delivery.envelope_id,
+                    lane.name,
+                    attempts,
+                    decision.reason,
+                    decision.retry_at - now,
+                    extra=fields,
+                )
+            # A receiver that is down fails every delivery: one line per cause a minute.
+            cause = result.status if result.status is not None else (result.error or "")[:40]
+            held = self._log_gate.allow((lane.name, cause), now)
+            if held is not None:
+                more = f" ({held} more failures like it since the last line)" if held else ""
+                log.warning(
+                    "deliveries to %s are failing: %s%s; retrying on the schedule",
+                    lane.name,
+                    decision.reason,
+                    more,
+                    extra=fields,
+                )
         else:
             log.error(
                 "delivery of %s to %s moved to dead letters: %s",

@@ -11,6 +11,7 @@ import aiohttp
 from feedhook import clock
 from feedhook.delivery.policy import AttemptResult
 from feedhook.delivery.signing import Signer
+from feedhook.logs import redact
 from feedhook.retry_after import parse_retry_after
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
@@ -71,7 +72,8 @@ class Sender:
                 return AttemptResult(
                     status=status,
                     retry_after=parse_retry_after(headers.get("Retry-After"), clock.now()),
-                    body=bytes(raw[:KEPT_BODY]).decode("utf-8", "replace") or None,
+                    # A receiver may echo the request (its Authorization header) back.
+                    body=redact(bytes(raw[:KEPT_BODY]).decode("utf-8", "replace")) or None,
                     duration=time.perf_counter() - started,
                     location=headers.get("Location"),
                 )

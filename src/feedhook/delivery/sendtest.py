@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from feedhook import __version__
+from feedhook import __version__, logs
 from feedhook.config import SubscriptionConfig, redact_url
 from feedhook.delivery.dispatcher import Lane
 from feedhook.delivery.sender import Sender, new_session
@@ -27,12 +27,12 @@ async def send_test(name: str, config: SubscriptionConfig) -> int:
         result = await Sender(session, f"feedhook/{__version__}").attempt(
             config.url, envelope.id, envelope.body, lane.signer, config.headers, config.timeout
         )
-    where = redact_url(config.url)
+    where = redact_url(config.url, query=True)
     if result.ok:
         print(f"{name}: {where} answered HTTP {result.status} in {result.duration * 1000:.0f} ms")
         print(f"  webhook-id {envelope.id}, {'signed' if lane.signer else 'unsigned'}")
         return 0
-    print(f"{name}: {where} failed: {result.describe()}")
+    print(logs.redact(f"{name}: {where} failed: {result.describe()}"))
     if result.body:
-        print(f"  response: {result.body[:300]}")
+        print(f"  response: {logs.redact(result.body[:300])}")
     return 1

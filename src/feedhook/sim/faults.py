@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from collections import deque
 
@@ -76,6 +77,9 @@ class SimUpstream:
         self._faults: deque[Fault] = deque()
         self.faults_served: list[Fault] = []
         self.requests: list[str] = []
+        # Error answers quote the request back, headers included, as some servers do:
+        # for tests that credentials never travel on from there.
+        self.echo_requests = False
         self.server = LoopbackServer(self.app())
 
     def app(self) -> web.Application:
@@ -113,7 +117,17 @@ class SimUpstream:
         if fault is Fault.SLOW:
             await asyncio.sleep(self.slow_seconds)
             return None, fault
-        return self._fault_response(fault), fault
+        response = self._fault_response(fault)
+        if response is not None and self.echo_requests:
+            response.text = f"{response.text}{self.echo(request)}"
+        return response, fault
+
+    def echo(self, request: web.Request, extra: object = "") -> str:
+        """The request as an error page might quote it (when `echo_requests` is on)."""
+        if not self.echo_requests:
+            return ""
+        quoted = json.dumps({"headers": dict(request.headers), "form": extra})
+        return f"\nyour request: {request.method} {request.path_qs} {quoted}"
 
     @staticmethod
     def finish(fault: Fault | None, response: web.Response) -> web.Response:

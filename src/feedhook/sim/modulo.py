@@ -113,7 +113,9 @@ class SimModulo(SimUpstream):
             or form.get("client_id") != self.client_id
             or form.get("client_secret") != self.client_secret
         ):
-            return web.json_response({"error": "invalid_client"}, status=400)
+            return web.json_response(
+                {"error": "invalid_client", "detail": self.echo(request, dict(form))}, status=400
+            )
         token = secrets.token_urlsafe(24)
         self.tokens[token] = time.monotonic() + self.token_lifetime
         self.tokens_issued += 1

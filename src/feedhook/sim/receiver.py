@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class _Behaviour:
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    echo: bool = False
 
 
 class Receiver:
@@ -63,10 +65,13 @@ class Receiver:
         status: int = 200,
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
+        echo: bool = False,
     ) -> None:
-        """From now on answer /name with this status after `delay` seconds."""
+        """From now on answer /name with this status after `delay` seconds; with `echo`,
+        quote the request's headers back in the body (as some frameworks' error pages do)."""
         behaviour = self._for(name)
         behaviour.status, behaviour.delay, behaviour.headers = status, delay, headers or {}
+        behaviour.echo = echo
 
     def ok(self, name: str | None = None) -> list[Received]:
         """Requests answered 2xx (on /name, or all)."""
@@ -111,4 +116,6 @@ class Receiver:
         async with self._changed:
             self._changed.notify_all()
         text = "ok" if status < 300 else f"receiver says no ({status})"
+        if behaviour.echo:
+            text += f" to {json.dumps(dict(request.headers))}"
         return web.Response(status=status, text=text, headers=behaviour.headers)

@@ -53,10 +53,10 @@ def parse_json_feed(body: bytes, where: str) -> list[RawEvent]:
     entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise FeedError(f"{where}: expected a JSON object with an 'entries' list")
-    return [_json_event(entry, where) for entry in entries]
+    return [json_event(entry, where) for entry in entries]
 
 
-def _json_event(entry: Any, where: str) -> RawEvent:
+def json_event(entry: Any, where: str) -> RawEvent:
     try:
         links = {
             key.removesuffix("_link"): str(value)
@@ -170,6 +170,7 @@ class BebanjoFeed(HttpFeed):
     """One Sequence or Movida account's event feed."""
 
     config: SequenceSource | MovidaSource
+    credential_keys = "username and password"
 
     def __init__(self, name: str, config: SequenceSource | MovidaSource) -> None:
         super().__init__(name, config)

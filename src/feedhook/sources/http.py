@@ -71,11 +71,13 @@ class FeedClient:
         session: aiohttp.ClientSession,
         rate_limit: RateLimit,
         timeout: float,
+        credential_keys: str = "the credentials",
     ) -> None:
         self.source = source
         self.session = session
         self.budget = RequestBudget(rate_limit)
         self.timeout = timeout
+        self.credential_keys = credential_keys  # what a person should check on a 401/403
 
     async def get(
         self,
@@ -184,10 +186,13 @@ class FeedClient:
             return response
         excerpt = " ".join(response.body[:300].decode("utf-8", "replace").split())[:160]
         hint = {
-            401: "check the username and password (or keys) for this source",
-            403: "the API user lacks permission for this feed",
+            401: f"credentials rejected: check {self.credential_keys} of this source",
+            403: f"credentials rejected (no permission for this feed): check"
+            f" {self.credential_keys} and the API user's rights",
             404: "check the url / events_url of this source",
         }.get(status, "the upstream is failing; feedhook will keep retrying")
+        if status == 400 and b"invalid_client" in response.body:  # OAuth2's word for it
+            hint = f"credentials rejected: check {self.credential_keys} of this source"
         if 300 <= status < 400:
             hint = "redirects are not followed; set the final URL in the config"
         raise HttpStatusError(
@@ -208,13 +213,20 @@ class HttpFeed:
         self._session: aiohttp.ClientSession | None = None
         self._client: FeedClient | None = None
 
+    # The config keys that hold this kind's credentials, named in "credentials rejected".
+    credential_keys = "the credentials"
+
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
         return ()
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(middlewares=self.middlewares())
         self._client = FeedClient(
-            self.name, self._session, self.config.rate_limit, self.config.timeout
+            self.name,
+            self._session,
+            self.config.rate_limit,
+            self.config.timeout,
+            self.credential_keys,
         )
 
     async def close(self) -> None:

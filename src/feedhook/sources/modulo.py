@@ -197,6 +197,7 @@ class ModuloFeed(HttpFeed):
 
     def __init__(self, name: str, config: ModuloConfig) -> None:
         super().__init__(name, config)
+        self.credential_keys = "token" if config.token else "client_id and client_secret"
         self.ws_url = config.url.rstrip("/")
         self._token: str | None = (
             config.token.get_secret_value() if config.token is not None else None

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import backoff
 
-from feedhook import clock
+from feedhook import clock, logs
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.store.base import IngestItem, Store
@@ -40,7 +40,8 @@ class SourceHealth:
     poll_interval: float
     last_success_at: float | None = None
     failing_since: float | None = None
-    last_error: str | None = None
+    last_error: str | None = None  # masked; for the token-guarded API and the logs
+    cause: str | None = None  # a short label (timeout, http_401, ...): safe to show anyone
     newest_event_at: float | None = None
 
     def state(self, now: float) -> str:
@@ -49,14 +50,19 @@ class SourceHealth:
         limit = min(FAILING_AFTER_POLLS * self.poll_interval, FAILING_AFTER_SECONDS)
         return "failing" if now - self.failing_since > limit else "retrying"
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        return {
+    def to_json(self, now: float, detail: bool = True) -> dict[str, Any]:
+        """The source's live state; without `detail` (the unauthenticated /readyz) only
+        states, times and the cause's label: never a URL or an upstream's words."""
+        out: dict[str, Any] = {
             "state": self.state(now),
+            "cause": self.cause,
             "last_success_at": self.last_success_at,
             "failing_since": self.failing_since,
-            "last_error": self.last_error,
             "newest_event_at": self.newest_event_at,
         }
+        if detail:
+            out["last_error"] = self.last_error
+        return out
 
 
 class PollObserver(Protocol):
@@ -65,8 +71,15 @@ class PollObserver(Protocol):
 
     def started(self, health: SourceHealth) -> None: ...
 
-    def ingested(self, health: SourceHealth, pages: int, types: Mapping[str, int]) -> None:
-        """Pages were written; `types` counts the new events by type (empty: none new)."""
+    def ingested(
+        self,
+        health: SourceHealth,
+        pages: int,
+        types: Mapping[str, int],
+        filter_errors: Mapping[str, int],
+    ) -> None:
+        """Pages were written; `types` counts the new events by type (empty: none new),
+        `filter_errors` the subscription filters that failed on them (no match)."""
 
     def failed(self, health: SourceHealth, cause: str) -> None: ...
 
@@ -105,7 +118,7 @@ class Poller:
         if cursor is None:
             cursor = await self._initial_cursor()
             # Stored at once: a restart must not move "latest" past unread events.
-            await self.store.ingest(name, [], cursor)
+            await self.store.set_cursor(name, cursor)
             log.info("%s: starting at cursor %s", name, cursor, extra={"source": name})
         # Reading runs ahead of writing: while one batch is committed, the next pages are
         # already being fetched; whatever has arrived is written in one transaction.
@@ -123,7 +136,7 @@ class Poller:
                     for upstream_id, envelope in page.events
                 ]
                 fresh = await self.store.ingest(name, items, batch[-1].cursor)
-                self._succeeded(batch, fresh)
+                self._succeeded(batch, fresh, router.take_filter_errors())
 
     async def _read(self, cursor: str, pages: asyncio.Queue[Page]) -> None:
         """Fetch page after page; once the feed is drained, wait for the next poll."""
@@ -141,17 +154,20 @@ class Poller:
         interval = self.source.poll_interval
         return interval - (time.monotonic() - self.phase) % interval
 
-    def _succeeded(self, batch: Sequence[Page], fresh: Sequence[IngestItem]) -> None:
+    def _succeeded(
+        self, batch: Sequence[Page], fresh: Sequence[IngestItem], filter_errors: Mapping[str, int]
+    ) -> None:
         health, name = self.health, self.source.name
         health.last_success_at = clock.now()
         if health.failing_since is not None:
             log.info("%s: the feed answers again", name, extra={"source": name})
-        health.failing_since = health.last_error = None
+        health.failing_since = health.last_error = health.cause = None
         times = {e.time for page in batch for _, e in page.events}
         if times:
             newest = max(datetime.fromisoformat(t).timestamp() for t in times)
             health.newest_event_at = max(newest, health.newest_event_at or newest)
-        self.observer.ingested(health, len(batch), Counter(item.envelope.type for item in fresh))
+        types = Counter(item.envelope.type for item in fresh)
+        self.observer.ingested(health, len(batch), types, filter_errors)
         if fresh:
             log.debug(
                 "%s: ingested %d events up to %s",
@@ -180,12 +196,14 @@ class Poller:
 
     async def _failed(self, details: Any) -> None:
         exc = details.get("exception")
-        message = str(exc) if exc is not None else "unknown error"
+        # Masked before it is kept anywhere: an upstream may echo our credentials back.
+        message = logs.redact(str(exc)) if exc is not None else "unknown error"
         name = self.source.name
         now = clock.now()
+        cause = exc.cause if isinstance(exc, FeedError) else "unexpected"
         self.health.failing_since = self.health.failing_since or now
         self.health.last_error = message
-        cause = exc.cause if isinstance(exc, FeedError) else "unexpected"
+        self.health.cause = cause
         self.observer.failed(self.health, cause)
         log.warning(
             "%s: %s (failure %d; retrying in %.1fs)",

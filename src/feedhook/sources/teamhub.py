@@ -143,6 +143,7 @@ def normalize(
 
 class TeamHubFeed(HttpFeed):
     config: TeamHubConfig
+    credential_keys = "company_key and account_key"
 
     def __init__(self, name: str, config: TeamHubConfig) -> None:
         super().__init__(name, config)

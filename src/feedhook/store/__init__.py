@@ -13,6 +13,8 @@ from feedhook.store.base import (
     SourceState,
     Status,
     Store,
+    StoredEvent,
+    StoreError,
     SubscriptionCounts,
 )
 from feedhook.store.sqlite import SqliteStore
@@ -26,5 +28,7 @@ __all__ = [
     "SqliteStore",
     "Status",
     "Store",
+    "StoreError",
+    "StoredEvent",
     "SubscriptionCounts",
 ]

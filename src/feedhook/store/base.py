@@ -9,6 +9,11 @@ from typing import Literal, Protocol
 from feedhook.envelope import Envelope
 
 
+class StoreError(Exception):
+    """The database cannot be used (newer schema, unreadable file, deleted, ...); the
+    message says which database, what is wrong and what to do."""
+
+
 @dataclass(frozen=True, slots=True)
 class IngestItem:
     """One normalized event and the subscriptions it was routed to."""
@@ -61,6 +66,17 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: its row id (ingest order), ids, type and envelope bytes."""
+
+    id: int
+    envelope_id: str
+    source: str
+    type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SourceState:
     name: str
     cursor: str | None
@@ -92,11 +108,25 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
+    @property
+    def locked_since(self) -> float | None:
+        """Since when (clock time) a statement has been waiting for another program's
+        lock on the database, if one is: readiness shows it."""
+        ...
+
+    def check_identity(self) -> None:
+        """Raise StoreError if the database this store opened is no longer the one at
+        its address (deleted or replaced underneath the worker)."""
+
     # sources
     async def get_cursor(self, source: str) -> str | None: ...
     async def ingest(
         self, source: str, items: Sequence[IngestItem], cursor: str
     ) -> Sequence[IngestItem]: ...
+    async def set_cursor(self, source: str, cursor: str) -> None:
+        """Store a source's starting cursor; not counted as a successful poll."""
+        ...
+
     async def record_poll_error(self, source: str, at: float, error: str) -> None: ...
 
     # deliveries
@@ -118,13 +148,22 @@ class Store(Protocol):
         self, ids: Sequence[int] | None, subscription: str | None, now: float
     ) -> int: ...
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int: ...
-    async def replay_events(
+    async def stored_events(
         self,
-        subscription: str,
-        now: float,
+        after: int,
+        limit: int,
         *,
         envelope_ids: Sequence[str] | None = None,
         source: str | None = None,
         type_glob: str | None = None,
         since: float | None = None,
-    ) -> int: ...
+    ) -> list[StoredEvent]:
+        """A page of stored events in ingest order after row `after`, narrowed by the
+        filters given (envelope ids, source, a type glob, ingested since)."""
+        ...
+
+    async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
+        """Queue stored events for a subscription again, in one short transaction; new
+        pairs created, delivered and dead ones reset (their dead letters removed), ones
+        in flight left alone. Returns how many were queued."""
+        ...

@@ -17,6 +17,10 @@ each while deliveries are in flight, milliseconds per batch.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -35,8 +39,12 @@ from feedhook.store.base import (
     Outcome,
     SourceState,
     Status,
+    StoredEvent,
+    StoreError,
     SubscriptionCounts,
 )
+
+log = logging.getLogger("feedhook.store")
 
 # Each entry moves the schema one version up; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -145,19 +153,22 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 MIN_SQLITE = (3, 38, 0)
 INSERT_CHUNK = 500  # rows per multi-row INSERT: 3,000 parameters, far below SQLite's limit
+# Rows per transaction in bulk operator commands (replay, dead-letter replay and purge):
+# a few milliseconds of write lock each, so deliveries and ingest never wait long.
+BULK_BATCH = 1000
 
 
-# How long a statement waits for another connection's write lock before feedhook says so.
-LOCK_WAIT = 10.0
 # SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries: a lock freed just
 # after a try is seen only 5 or 10 ms later. It is kept to its first two tries (3 ms);
 # past that the statement is tried again from here, so a lock held by the other
 # process (ingest or delivery) is noticed within about a millisecond of its release.
 BUSY_TIMEOUT_MS = 3
-
-
-class StoreError(Exception):
-    """The database cannot be used (newer schema, unreadable file, ...)."""
+# A lock held longer than this is someone else's long transaction (a backup tool, a
+# person in the sqlite3 shell): feedhook says so, shows it in readiness, and keeps
+# waiting, with tries spaced out up to LOCK_BACKOFF_MAX. It never gives up: the data
+# is intact and the lock will be released.
+LOCK_WAIT = 10.0
+LOCK_BACKOFF_MAX = 0.25
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -165,30 +176,53 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class _Connection:
-    """An aiosqlite connection whose statements wait for a locked database, up to
-    LOCK_WAIT, in short steps. A statement that found the database locked did nothing,
+    """An aiosqlite connection whose statements wait for a locked database in short
+    steps, as long as it takes. A statement that found the database locked did nothing,
     so trying it again is safe (inside a transaction this one holds the lock and is never
     locked out)."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self.raw = db
         self.path = path
+        # Since when a statement of this process has been waiting for another's lock.
+        self.locked_since: float | None = None
 
     async def _retry(self, call: Any, *args: Any) -> Any:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                return await call(*args)
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"{self.path}: the database stayed locked for {LOCK_WAIT:g}s; is"
-                        " another program holding a long transaction on it?"
-                    ) from exc
+        started = time.monotonic()
+        pause, warned = 0.0, False
+        try:
+            while True:
+                try:
+                    return await call(*args)
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc):
+                        raise
+                waited = time.monotonic() - started
+                if waited > LOCK_WAIT:
+                    if not warned:
+                        log.warning(
+                            "%s: the database has been locked by another program for %.0fs"
+                            " (a long transaction: a backup, a sqlite3 shell?); waiting for it",
+                            self.path,
+                            waited,
+                        )
+                        warned = True
+                    if self.locked_since is None:
+                        self.locked_since = clock.now() - waited
+                    pause = min(LOCK_BACKOFF_MAX, max(pause * 2, 0.01))
+                    await asyncio.sleep(pause)
+        finally:
+            if warned:
+                self.locked_since = None
+                log.warning(
+                    "%s: the database lock was released after %.0fs",
+                    self.path,
+                    time.monotonic() - started,
+                )
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+    async def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> aiosqlite.Cursor:
         return await self._retry(self.raw.execute, sql, params)  # type: ignore[no-any-return]
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -208,10 +242,20 @@ class _Connection:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    """The SQLite store. `exclusive=True` (what `feedhook run` opens) makes this process
+    the database's one holder: a lock file beside it (`<db>.lock`, flock: released by
+    the kernel when the process dies, kill -9 included) keeps a second `feedhook run`
+    out, and `check_identity()` notices the file being deleted or replaced. Read-only
+    commands and the ingest process open it without."""
+
+    def __init__(self, path: str | Path, *, exclusive: bool = False, verify: bool = False) -> None:
         self.path = str(path)
+        self.exclusive = exclusive
+        self.verify = verify  # quick_check the file at open (feedhook run)
         self._db: _Connection | None = None
         self._lock = asyncio.Lock()
+        self._holder: int | None = None  # the lock file's descriptor while we hold it
+        self._identity: tuple[int, int] | None = None
         # Claim tokens: unique among this process's claims, and unlike any earlier
         # process's (whose in-flight rows are recovered to pending at start).
         self._claims = time.time_ns()
@@ -219,29 +263,117 @@ class SqliteStore:
     # --- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open (creating and migrating as needed), or raise StoreError with one line that
+        says which file, what is wrong and what to do. Nothing is left running on failure."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StoreError(
                 f"SQLite {sqlite3.sqlite_version} is too old: feedhook needs"
                 f" {'.'.join(map(str, MIN_SQLITE))} or newer (JSON operators);"
                 " use a newer Python build or image"
             )
+        memory = self.path == ":memory:" or self.path.startswith("file::memory:")
+        if not memory:
+            _check_place(self.path)
+        if self.exclusive and not memory:
+            self._hold()
         try:
-            raw = await aiosqlite.connect(self.path, isolation_level=None)
-        except Exception as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from exc
-        self._db = db = _Connection(raw, self.path)
-        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode survives a process crash; a power cut can drop the last
-        # commits, and then cursor and outbox roll back together: nothing is skipped.
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await self._migrate()
+            try:
+                raw = await aiosqlite.connect(self.path, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(_explain(self.path, exc)) from None
+            self._db = db = _Connection(raw, self.path)
+            try:
+                await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await db.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode survives a process crash; a power cut can drop the
+                # last commits, and then cursor and outbox roll back together.
+                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute("PRAGMA foreign_keys = ON")
+                if self.verify:
+                    await self._quick_check()
+                await self._migrate()
+            except BaseException as exc:
+                self._db = None
+                await raw.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(_explain(self.path, exc)) from None
+                raise
+            if not memory:
+                self._identity = _identity(self.path)
+        except BaseException:
+            self._release()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        self._release()
+
+    @property
+    def locked_since(self) -> float | None:
+        """Since when this process has been waiting for another program's lock, if it is."""
+        return None if self._db is None else self._db.locked_since
+
+    def check_identity(self) -> None:
+        """Raise StoreError if the database file was deleted or replaced since it was
+        opened: writes would go to a file nobody will ever open again."""
+        if self._identity is None:
+            return
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.path}: the database file was deleted while feedhook was running;"
+                " stopping rather than writing into a file nobody will see. Restore it"
+                " from a backup or start again (cursors restart from each source's `start`)"
+            ) from None
+        if now != self._identity:
+            raise StoreError(
+                f"{self.path}: the database file was replaced by another file while"
+                " feedhook was running; stopping rather than writing into the old one."
+                " Start feedhook again to use the new file"
+            )
+
+    def _hold(self) -> None:
+        """Take the database's holder lock, or raise StoreError naming who has it."""
+        lock_path = f"{self.path}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(_explain_os(lock_path, exc)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"{self.path} is in use by another feedhook run ({holder}); a SQLite"
+                " database has one holder at a time: stop that one first, or give this one"
+                " its own FEEDHOOK_DB (several replicas need PostgreSQL)"
+            ) from None
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {started}\n".encode(), 0
+        )
+        self._holder = fd
+
+    def _release(self) -> None:
+        if self._holder is not None:
+            os.ftruncate(self._holder, 0)
+            os.close(self._holder)  # closing the descriptor releases the flock
+            self._holder = None
+
+    async def _quick_check(self) -> None:
+        rows = await self.db.execute_fetchall("PRAGMA quick_check(5)")
+        problems = [" ".join(str(row[0]).split()) for row in rows if row[0] != "ok"]
+        if problems:
+            raise StoreError(
+                f"{self.path}: the database is corrupt ({'; '.join(problems)[:300]}); restore"
+                " it from a backup, or move it away to start afresh (every source then"
+                " starts again from its `start` setting)"
+            )
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -361,6 +493,17 @@ class SqliteStore:
             )
         return fresh
 
+    async def set_cursor(self, source: str, cursor: str) -> None:
+        """Store a source's first cursor (from its `start` setting): not a successful
+        poll, so last_success_at stays as it was."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO sources (name, cursor, cursor_updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
+                " cursor_updated_at = excluded.cursor_updated_at",
+                (source, cursor, clock.now()),
+            )
+
     async def record_poll_error(self, source: str, at: float, error: str) -> None:
         async with self._transaction() as db:
             await db.execute(
@@ -397,19 +540,21 @@ class SqliteStore:
             return []
         self._claims += 1
         token = self._claims
-        picks = " UNION ALL ".join(
-            [
-                "SELECT * FROM (SELECT id FROM deliveries WHERE subscription = ?"
-                " AND state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?)"
-            ]
-            * len(wants)
-        )
+        # One term per size class (lanes wanting 33-64 rows share LIMIT 64, then each
+        # keeps its first n by rank): a dozen terms at most however many subscriptions
+        # there are, and no lane reads more than twice what it wants.
+        classes: dict[int, dict[str, int]] = {}
+        for name, n in wants.items():
+            classes.setdefault(1 << (n - 1).bit_length(), {})[name] = n
+        picks = " UNION ALL ".join([_CLAIM_TERM] * len(classes))
+        params: list[Any] = [token]
+        for cap, lanes in classes.items():
+            params += [_json(lanes), now, cap]
         async with self._lock:
             db = self.db
             await db.execute(
                 f"UPDATE deliveries SET state = 'in_flight', claim = ? WHERE id IN ({picks})",
-                (token, *(v for name, n in wants.items() for v in (name, now, n))),
+                params,
             )
             meta, bodies = await self._one(
                 db,
@@ -452,18 +597,17 @@ class SqliteStore:
             )
 
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
-        """The earliest pending attempt among these lanes (one index probe per lane)."""
-        earliest: float | None = None
-        for name in subscriptions:
-            row = await self._one(
-                self.db,
-                "SELECT min(next_attempt_at) FROM deliveries"
-                " WHERE subscription = ? AND state = 'pending'",
-                (name,),
-            )
-            if row is not None and row[0] is not None:
-                earliest = row[0] if earliest is None else min(earliest, row[0])
-        return earliest
+        """The earliest pending attempt among these lanes: one statement, one index probe
+        per lane."""
+        if not subscriptions:
+            return None
+        row = await self._one(
+            self.db,
+            "SELECT min((SELECT min(next_attempt_at) FROM deliveries"
+            " WHERE subscription = w.value AND state = 'pending')) FROM json_each(?) AS w",
+            (_json(list(subscriptions)),),
+        )
+        return None if row is None else row[0]
 
     async def complete(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempt outcomes: one statement, and the dead letters."""
@@ -569,46 +713,75 @@ class SqliteStore:
         clauses: list[str] = []
         params: list[Any] = []
         if ids is not None:
-            clauses.append(f"id IN ({','.join('?' * len(ids))})")
-            params.extend(ids)
+            clauses.append("id IN (SELECT value FROM json_each(?))")
+            params.append(_json(list(ids)))
         if subscription is not None:
             clauses.append("subscription = ?")
             params.append(subscription)
         return (" AND ".join(clauses) or "1"), params
 
+    async def _dead_in_batches(
+        self, ids: Sequence[int] | None, subscription: str | None, action: str
+    ) -> int:
+        """Run `action` (SQL over `batch`, a JSON list of dead-letter ids) on the matching
+        dead letters, BULK_BATCH per transaction: the write lock is never held for long,
+        however many there are, and ingest and delivery go on in between."""
+        where, params = self._dead_filter(ids, subscription)
+        done, after = 0, 0
+        while True:
+            rows = await self.db.execute_fetchall(
+                f"SELECT id FROM dead_letters WHERE id > ? AND {where} ORDER BY id LIMIT ?",
+                (after, *params, BULK_BATCH),
+            )
+            if not rows:
+                return done
+            batch = _json([row[0] for row in rows])
+            async with self._transaction() as db:
+                for statement in action.split(";"):
+                    cursor = await db.execute(statement, {"batch": batch, "now": clock.now()})
+                done += cursor.rowcount
+            after = rows[-1][0]
+
     async def replay_dead(
         self, ids: Sequence[int] | None, subscription: str | None, now: float
     ) -> int:
-        """Put dead deliveries back in the outbox with a fresh retry budget."""
-        where, params = self._dead_filter(ids, subscription)
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " created_at = ?, updated_at = ?, last_error = NULL WHERE state = 'dead' AND id IN"
-                f" (SELECT delivery_id FROM dead_letters WHERE {where})",
-                (now, now, now, *params),
-            )
-            cursor = await db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
-            return cursor.rowcount
+        """Put dead deliveries back in the outbox with a fresh retry budget, in short
+        transactions; returns how many dead letters left the table."""
+        return await self._dead_in_batches(
+            ids,
+            subscription,
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = :now,"
+            " created_at = :now, updated_at = :now, last_error = NULL WHERE state = 'dead'"
+            " AND id IN (SELECT delivery_id FROM dead_letters WHERE id IN"
+            " (SELECT value FROM json_each(:batch)));"
+            "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(:batch))",
+        )
 
-    async def replay_events(
+    async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
+        """Forget dead letters for good, in short transactions."""
+        return await self._dead_in_batches(
+            ids,
+            subscription,
+            "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(:batch))",
+        )
+
+    async def stored_events(
         self,
-        subscription: str,
-        now: float,
+        after: int,
+        limit: int,
         *,
         envelope_ids: Sequence[str] | None = None,
         source: str | None = None,
         type_glob: str | None = None,
         since: float | None = None,
-    ) -> int:
-        """Queue stored events for a subscription again, on purpose (a new receiver, a
-        receiver that lost data). Deliveries in flight are left alone; dead ones leave
-        the dead-letter table as they go back into the outbox."""
-        clauses: list[str] = []
-        params: list[Any] = []
+    ) -> list[StoredEvent]:
+        """A page of stored events in ingest order, after the row `after`, narrowed by
+        the filters given. A read: no lock is taken."""
+        clauses: list[str] = ["id > ?"]
+        params: list[Any] = [after]
         if envelope_ids:
-            clauses.append(f"envelope_id IN ({','.join('?' * len(envelope_ids))})")
-            params.extend(envelope_ids)
+            clauses.append("envelope_id IN (SELECT value FROM json_each(?))")
+            params.append(_json(list(envelope_ids)))
         if source is not None:
             clauses.append("source = ?")
             params.append(source)
@@ -618,32 +791,115 @@ class SqliteStore:
         if since is not None:
             clauses.append("ingested_at >= ?")
             params.append(since)
-        where = " AND ".join(clauses) or "1"
+        rows = await self.db.execute_fetchall(
+            "SELECT id, envelope_id, source, type, body FROM events"
+            f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+            (*params, limit),
+        )
+        return [StoredEvent(*row) for row in rows]
+
+    async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
+        """Queue these stored events for a subscription again, on purpose (a new
+        receiver, a receiver that lost data), in one short transaction: new pairs are
+        created, delivered and dead ones reset (their dead letters leave the table),
+        deliveries in flight are left alone. Returns how many were queued."""
+        if not event_ids:
+            return 0
+        batch = _json(list(event_ids))
         async with self._transaction() as db:
             await db.execute(
-                "DELETE FROM dead_letters WHERE delivery_id IN (SELECT d.id FROM deliveries d"
-                f" JOIN events ON events.id = d.event_id WHERE d.subscription = ? AND {where})",
-                (subscription, *params),
+                "DELETE FROM dead_letters WHERE subscription = ? AND delivery_id IN"
+                " (SELECT id FROM deliveries WHERE subscription = ? AND event_id IN"
+                " (SELECT value FROM json_each(?)))",
+                (subscription, subscription, batch),
             )
             cursor = await db.execute(
                 "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                f" created_at, updated_at) SELECT id, ?, 'pending', ?, ?, ? FROM events"
-                f" WHERE {where} ORDER BY id ON CONFLICT (event_id, subscription) DO UPDATE SET"
+                " created_at, updated_at) SELECT value, ?, 'pending', ?, ?, ? FROM json_each(?)"
+                " WHERE true ORDER BY key ON CONFLICT (event_id, subscription) DO UPDATE SET"
                 " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,"
                 " created_at = excluded.created_at, updated_at = excluded.updated_at,"
                 " last_error = NULL WHERE deliveries.state != 'in_flight'",
-                (subscription, now, now, now, *params),
+                (subscription, now, now, now, batch),
             )
-            return cursor.rowcount
-
-    async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
-        where, params = self._dead_filter(ids, subscription)
-        async with self._transaction() as db:
-            cursor = await db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
             return cursor.rowcount
 
 
 RECORD_SEPARATOR = b"\x1e"
+
+# The due deliveries of the lanes of one size class: `?` lanes as {name: wanted}, `?` now,
+# `?` the class's cap. Each lane's earliest `cap` come from its index, then its first
+# `wanted` by rank.
+_CLAIM_TERM = (
+    "SELECT id FROM (SELECT d.id, w.value AS wanted, row_number() OVER (PARTITION BY w.key"
+    " ORDER BY d.next_attempt_at, d.id) AS rank FROM json_each(?) AS w JOIN deliveries d"
+    " ON d.id IN (SELECT id FROM deliveries WHERE subscription = w.key AND state = 'pending'"
+    " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
+)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino)
+
+
+def _whoami() -> str:
+    return f"uid {os.getuid()}"
+
+
+def _fix_permissions(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    return (
+        f"feedhook runs as {_whoami()}: make the file and its directory writable to it,"
+        f" e.g. `chown -R {os.getuid()} {folder}` (in Docker: on the volume mounted there)"
+    )
+
+
+def _check_place(path: str) -> None:
+    """What can be told before SQLite tries: a missing or unwritable directory, a file
+    that cannot be written. SQLite's own errors for these say only "unable to open"."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = "is not a directory" if os.path.exists(folder) else "does not exist"
+        raise StoreError(
+            f"{path}: the directory {folder} {what}; create it (mkdir -p {folder}) or set"
+            " FEEDHOOK_DB to a path in an existing directory"
+        )
+    if os.path.isdir(path):
+        raise StoreError(f"{path} is a directory; set FEEDHOOK_DB to a file path inside it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"{path}: cannot write to the directory {folder} (SQLite keeps its journal"
+            f" files beside the database); {_fix_permissions(path)}"
+        )
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path}: the file is not readable and writable; {_fix_permissions(path)}")
+
+
+def _explain(path: str, exc: sqlite3.Error) -> str:
+    """SQLite's error as one line a person can act on."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_NOTADB:
+        return (
+            f"{path}: not a SQLite database (is FEEDHOOK_DB pointing at the right file?);"
+            " point it at feedhook's database, or at a new path to start afresh"
+        )
+    if code == sqlite3.SQLITE_CORRUPT:
+        return (
+            f"{path}: the database is corrupt ({exc}); restore it from a backup, or move it"
+            " away to start afresh (every source then starts again from its `start` setting)"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return f"{path}: cannot open the database for writing ({exc}); {_fix_permissions(path)}"
+    if code == sqlite3.SQLITE_FULL:
+        return f"{path}: the disk is full; free space on it, then start feedhook again"
+    return f"{path}: cannot use the database: {exc}"
+
+
+def _explain_os(path: str, exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return f"{path}: permission denied; {_fix_permissions(path)}"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def _json(value: Any) -> str:
