@@ -1,4 +1,5 @@
-"""Modulo Risk Manager: OData date filter with overlap, per-code cursors, OAuth2 tokens."""
+"""Modulo Risk Manager: OData date filter in the learned zone, streamed pages, per-code
+cursors with an overlap window, OAuth2 tokens, malformed updates."""
 
 from __future__ import annotations
 
@@ -129,9 +130,9 @@ async def test_overlap_covers_an_unknown_server_zone(modulo: SimModulo) -> None:
     assert "datetime'" in modulo.requests[-1]
 
 
-async def test_literal_in_wrong_zone_is_saved_by_the_overlap() -> None:
-    """If the server's zone is unknown (no update seen yet, `start: latest`), the default
-    overlap of a day still covers any zone on Earth."""
+async def test_an_unknown_zone_is_covered_until_learned() -> None:
+    """If the server's zone is unknown (no update seen yet, `start: latest`), the scan
+    starts 14 hours earlier, which covers any zone on Earth."""
     sim = SimModulo(server_offset="-1100")
     await sim.start()
     try:
@@ -249,3 +250,104 @@ async def test_faults(modulo: SimModulo, fault: Fault, message: str | None) -> N
     finally:
         await feed.close()
     assert len(ids) == 4
+
+
+async def test_a_drained_feed_costs_one_request_per_code_per_poll(modulo: SimModulo) -> None:
+    """Once caught up, each poll is one request per event code (the overlap window's
+    updates come back in it and are dropped by id), not a re-read of a day's pages."""
+    start = int(time.time() * 1000) - 3_600_000
+    for i in range(1500):  # an hour of updates, one every 2.4 s
+        modulo.add_updates("E1", 1, at_millis=start + i * 2400)
+    modulo.add_updates("E2", 10)
+    feed = await opened(modulo, ["E1", "E2"])
+    try:
+        ids, cursor = await drain(feed, await feed.initial_cursor())
+        assert len(ids) == 1510
+        before = len(modulo.requests)
+        for _ in range(10):
+            got, cursor = await drain(feed, cursor)
+            assert got == []
+        assert len(modulo.requests) - before == 20  # 10 polls x 2 codes
+    finally:
+        await feed.close()
+
+
+async def test_pages_stream_one_at_a_time(modulo: SimModulo) -> None:
+    """A backlog is read a page per fetch (memory bounded by the poller's read-ahead),
+    the scan's place kept in the cursor: a restart mid-scan resumes at the next page."""
+    modulo.add_updates("E1", 2500, at_millis=1_600_000_000_000)
+    feed = await opened(modulo, ["E1"])
+    try:
+        first = await feed.fetch(await feed.initial_cursor())
+        assert len(first.events) == 1000 and first.more
+        second = await feed.fetch(first.cursor)
+        assert len(second.events) == 1000 and second.more
+    finally:
+        await feed.close()
+    restarted = await opened(modulo, ["E1"])  # a new process, from the stored cursor
+    try:
+        rest, _ = await drain(restarted, second.cursor)
+    finally:
+        await restarted.close()
+    seen = [u for u, _ in first.events] + [u for u, _ in second.events] + rest
+    assert sorted(seen) == sorted(u["Id"] for u in modulo.updates["E1"])
+
+
+async def test_the_literal_is_written_in_the_learned_zone() -> None:
+    """After one date has been seen, the filter names the window's start exactly in the
+    server's zone (here UTC+0530), not 14 hours wide."""
+    sim = SimModulo(server_offset="+0530")
+    await sim.start()
+    try:
+        sim.add_updates("E1", 1, at_millis=1_700_000_000_000)  # 2023-11-14T22:13:20Z
+        feed = await opened(sim, ["E1"], overlap="5m")
+        try:
+            _, cursor = await drain(feed, await feed.initial_cursor())
+            await drain(feed, cursor)
+        finally:
+            await feed.close()
+    finally:
+        await sim.stop()
+    # 22:13:20Z - 5 minutes = 22:08:20Z = 03:38:20 the next day at +05:30
+    assert "datetime%272023-11-15T03:38:20%27" in sim.requests[-1].replace("'", "%27")
+
+
+async def test_an_update_saved_late_with_an_earlier_date_is_delivered_once(
+    modulo: SimModulo,
+) -> None:
+    """An update that appears after newer ones, dated inside the overlap window, is
+    delivered; one dated before the window is not (and nothing is delivered twice)."""
+    now = int(time.time() * 1000)
+    modulo.add_updates("E1", 3, at_millis=now)
+    feed = await opened(modulo, ["E1"], overlap="5m")
+    try:
+        ids, cursor = await drain(feed, await feed.initial_cursor())
+        assert len(ids) == 3
+        (late,) = modulo.add_updates("E1", 1, at_millis=now - 120_000)
+        got, cursor = await drain(feed, cursor)
+        assert got == [late["Id"]]
+        again, _ = await drain(feed, cursor)
+        assert again == []
+    finally:
+        await feed.close()
+
+
+async def test_updates_with_impossible_dates_are_delivered_marked(modulo: SimModulo) -> None:
+    """`/Date(…+9999)/` (no such zone) and a date before year 1 never stop the feed:
+    delivered, marked `data.malformed`, and the updates after them arrive too."""
+    now = int(time.time() * 1000)
+    (bad_zone,) = modulo.add_updates("E1", 1, at_millis=now, Date=f"/Date({now}+9999)/")
+    (too_old,) = modulo.add_updates("E1", 1, at_millis=now, Date="/Date(-62135596800001+1400)/")
+    (good,) = modulo.add_updates("E1", 1, at_millis=now + 1)
+    feed = await opened(modulo, ["E1"])
+    try:
+        page = await feed.fetch(await feed.initial_cursor())
+    finally:
+        await feed.close()
+    by_id = {u: e for u, e in page.events}
+    assert set(by_id) == {bad_zone["Id"], too_old["Id"], good["Id"]}
+    assert by_id[bad_zone["Id"]].data["malformed"] == ["Date has an impossible zone offset +9999"]
+    assert by_id[bad_zone["Id"]].time is not None  # the instant is known, in UTC
+    assert "out of range" in by_id[too_old["Id"]].data["malformed"][0]
+    assert by_id[too_old["Id"]].time is None
+    assert "malformed" not in by_id[good["Id"]].data

@@ -218,3 +218,63 @@ async def test_faults_are_clear_and_keys_stay_secret(
         assert len((await feed.fetch(await feed.initial_cursor())).events) == 3
     finally:
         await feed.close()
+
+
+@pytest.mark.parametrize("order", ["arrival", "timestamp"])
+async def test_a_late_event_inside_the_overlap_is_delivered_once(
+    teamhub: SimTeamHub, caplog: pytest.LogCaptureFixture, order: str
+) -> None:
+    """An event that appears late with an earlier timestamp than the newest seen (a
+    back-dated build), whether the list puts it at the top (by arrival) or in its place
+    (by timestamp): inside the overlap window it is delivered, once; older than the
+    window and at the top, it is logged as arriving too late."""
+    teamhub.order = order
+    now = datetime.now(UTC)
+    teamhub.add_events(5, at=now)
+    feed = await opened(teamhub, overlap="5m")
+    try:
+        first = await feed.fetch(await feed.initial_cursor())
+        assert len(first.events) == 5
+        (late,) = teamhub.add_events(1, at=now - timedelta(minutes=2))
+        second = await feed.fetch(first.cursor)
+        assert [u for u, _ in second.events] == [late["id"]]
+        third = await feed.fetch(second.cursor)
+        assert third.events == []
+        with caplog.at_level("WARNING", logger="feedhook.source"):
+            (ancient,) = teamhub.add_events(1, at=now - timedelta(hours=1))
+            fourth = await feed.fetch(third.cursor)
+        assert fourth.events == []
+        logged = any(
+            "arrived too late to be seen" in r.getMessage() and ancient["id"] in r.getMessage()
+            for r in caplog.records
+        )
+        assert logged == (order == "arrival")  # in its place by timestamp, it looks old
+        teamhub.add_events(2, at=now + timedelta(seconds=1))
+        fifth = await feed.fetch(fourth.cursor)
+        assert len(fifth.events) == 2
+    finally:
+        await feed.close()
+
+
+async def test_a_cursor_from_before_the_overlap_still_reads(teamhub: SimTeamHub) -> None:
+    """A cursor stored by an older feedhook (ids at the newest instant only) is read
+    as that window: nothing is delivered twice."""
+    (event,) = teamhub.add_events(1)
+    old = json.dumps({"newest": event["timestamp"], "ids": [event["id"]], "held": {}})
+    feed = await opened(teamhub)
+    try:
+        assert (await feed.fetch(old)).events == []
+    finally:
+        await feed.close()
+
+
+def test_malformed_events_are_delivered_marked() -> None:
+    """No timestamp, a numeric id with a fraction, no target: read as far as possible,
+    the rest null, `data.malformed` says what, and ids stay stable for deduplication."""
+    document = json.loads((FIXTURES / "teamhub-events.json").read_text())
+    event = {**document["results"][0], "id": 1.9, "timestamp": "0001-01-01T00:00:00+01:00"}
+    del event["target"]
+    envelope = normalize("th", API, event, "stand-in")
+    assert envelope.time is None and envelope.type == "teamhub.unknown.created"
+    assert len(envelope.data["malformed"]) == 3
+    assert envelope.data["native"] == event

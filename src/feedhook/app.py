@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
 from feedhook.ingest_process import IngestProcess
 from feedhook.metrics import Metrics
-from feedhook.sources.poller import SourceHealth
+from feedhook.sources.poller import PollReport, SourceHealth
 from feedhook.store.base import Store, StoreError
 from feedhook.tails import Tails
 
@@ -40,19 +40,15 @@ class PollMeter:
     def started(self, health: SourceHealth) -> None:
         pass
 
-    def ingested(
-        self,
-        health: SourceHealth,
-        pages: int,
-        types: Mapping[str, int],
-        filter_errors: Mapping[str, int],
-    ) -> None:
-        self.metrics.polls.labels(health.name).inc(pages)
-        for type_, count in types.items():
+    def ingested(self, health: SourceHealth, report: PollReport) -> None:
+        self.metrics.polls.labels(health.name).inc(report.pages)
+        for type_, count in report.types.items():
             self.metrics.events_ingested.labels(health.name, type_).inc(count)
-        for subscription, count in filter_errors.items():
+        for subscription, count in report.filter_errors.items():
             self.metrics.filter_errors.labels(subscription).inc(count)
-        if types:
+        if report.malformed:
+            self.metrics.malformed_events.labels(health.name).inc(report.malformed)
+        if report.types:
             self.wake()
 
     def failed(self, health: SourceHealth, cause: str) -> None:

@@ -247,6 +247,9 @@ class TeamHubSource(_LatestOrEarliest):
     page_size: int = Field(default=100, ge=1, le=1000)
     live_events: Literal["on_complete", "each_update"] = "on_complete"
     live_timeout: Duration = 3600.0
+    # How far below the newest event each scan reaches, ids kept: an event that shows up
+    # late with an earlier timestamp (a back-dated build, clock skew) is delivered once.
+    overlap: Duration = 300.0
 
 
 class ModuloSource(_LatestOrEarliest):
@@ -260,9 +263,10 @@ class ModuloSource(_LatestOrEarliest):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     page_size: int = Field(default=1000, ge=1, le=1000)
-    # How far before the cursor each request starts: the API does not say in which time
-    # zone it reads a datetime'...' literal, and a re-read is cheap where a gap is not.
-    overlap: Duration = 86400.0
+    # How far before the newest update seen each scan starts, and how long the ids in that
+    # window are kept: an update saved late with an earlier date (clock skew, a slow
+    # commit) is still delivered, once.
+    overlap: Duration = 300.0
 
     @field_validator("event_codes")
     @classmethod

@@ -17,12 +17,17 @@ class Envelope:
     id: str
     source: str
     type: str
-    time: str
+    time: str | None  # None only for a malformed event whose time could not be read
     feedhooksource: str
     data: dict[str, Any]
     subject: str | None = None
     # The canonical bytes are what is stored, signed and sent: computed once.
     body: bytes = field(default=b"", compare=False, repr=False)
+
+    @property
+    def upstream_id(self) -> str:
+        """The upstream's id for the event (source names never hold a colon)."""
+        return self.id.partition(":")[2]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -33,7 +38,8 @@ class Envelope:
         }
         if self.subject is not None:
             out["subject"] = self.subject
-        out["time"] = self.time
+        if self.time is not None:  # optional in CloudEvents
+            out["time"] = self.time
         out["datacontenttype"] = "application/json"
         out["feedhooksource"] = self.feedhooksource
         out["data"] = self.data
@@ -46,7 +52,7 @@ def make_envelope(
     upstream_id: str,
     source: str,
     type: str,
-    time: datetime,
+    time: datetime | None,
     data: dict[str, Any],
     subject: str | None = None,
 ) -> Envelope:
@@ -55,7 +61,7 @@ def make_envelope(
         id=f"{source_name}:{upstream_id}",
         source=source,
         type=type,
-        time=rfc3339_utc(time),
+        time=None if time is None else rfc3339_utc(time),
         feedhooksource=source_name,
         data=data,
         subject=subject,
@@ -77,7 +83,8 @@ def encode(document: dict[str, Any]) -> bytes:
 
 
 def rfc3339_utc(moment: datetime) -> str:
-    """RFC 3339 in UTC with a Z; fractions only when the upstream had them."""
+    """RFC 3339 in UTC with a Z; fractions only when the upstream had them. Raises
+    OverflowError for an instant that has no UTC year between 1 and 9999."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     text = moment.astimezone(UTC).replace(tzinfo=None).isoformat()

@@ -27,7 +27,7 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -36,7 +36,7 @@ from feedhook import clock, logs
 from feedhook.config import Config
 from feedhook.process import run_async, tune_gc
 from feedhook.settings import Settings
-from feedhook.sources.poller import PollObserver, SourceHealth
+from feedhook.sources.poller import PollObserver, PollReport, SourceHealth
 from feedhook.store import SqliteStore
 from feedhook.tails import Tails
 
@@ -162,13 +162,11 @@ class IngestProcess:
             if health.name not in self.config.sources:
                 continue  # stopped by a reload the child had not seen yet
             self.health[health.name] = health
-            if self._trouble is not None and "pages" not in report:
+            if self._trouble is not None and "poll" not in report:
                 self._mark(health)  # a fresh child's "started" does not clear the trouble
-            if "pages" in report:
+            if "poll" in report:
                 self._trouble = None  # the child reads and writes: whatever it was is over
-                self.observer.ingested(
-                    health, report["pages"], report["types"], report["filter_errors"]
-                )
+                self.observer.ingested(health, PollReport(**report["poll"]))
             elif "cause" in report:
                 self.observer.failed(health, report["cause"])
             else:
@@ -204,14 +202,8 @@ class PipeReporter:
     def started(self, health: SourceHealth) -> None:
         self._send(health)
 
-    def ingested(
-        self,
-        health: SourceHealth,
-        pages: int,
-        types: Mapping[str, int],
-        filter_errors: Mapping[str, int],
-    ) -> None:
-        self._send(health, pages=pages, types=types, filter_errors=filter_errors)
+    def ingested(self, health: SourceHealth, report: PollReport) -> None:
+        self._send(health, poll=report.to_json())
 
     def failed(self, health: SourceHealth, cause: str) -> None:
         self._send(health, cause=cause)

@@ -37,6 +37,12 @@ class Metrics:
             ["subscription"],
             registry=registry,
         )
+        self.malformed_events = Counter(
+            "feedhook_malformed_events",
+            "Events that could not be read in full, delivered marked data.malformed",
+            ["source"],
+            registry=registry,
+        )
         self.ingest_restarts = Counter(
             "feedhook_ingest_restarts",
             "Times the ingest process died and was started again",

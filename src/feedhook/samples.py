@@ -107,7 +107,7 @@ def sample_envelopes(source_name: str, kind: str, url: str) -> list[Envelope]:
     out: list[Envelope] = []
     if kind == "sequence":
         out += [
-            bebanjo.normalize(source_name, kind, url, bebanjo.json_event(entry, "sample"))
+            bebanjo.normalize(source_name, kind, url, bebanjo.json_event(entry))
             for entry in _SEQUENCE
         ]
     elif kind == "movida":

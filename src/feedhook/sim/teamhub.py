@@ -35,6 +35,9 @@ class SimTeamHub(SimUpstream):
         self._ids = itertools.count(0x50883CFE1229C02952000036)
         # Called after each page is served: tests add events "while pages are being read".
         self.after_page: Callable[[int], None] | None = None
+        # The API's page does not say what "newest first" sorts on: by timestamp, or by
+        # arrival (a back-dated event then shows at the top). Both are served.
+        self.order: str = "timestamp"
         super().__init__(**upstream)
 
     def add_events(
@@ -113,10 +116,14 @@ class SimTeamHub(SimUpstream):
             for key in ("project", "operation", "target")
             if key in request.query
         ]
+        arrival = list(reversed(self.events))
+        ordered = (
+            arrival
+            if self.order == "arrival"
+            else sorted(arrival, key=lambda e: e["timestamp"], reverse=True)
+        )
         newest_first = [
-            e
-            for e in sorted(reversed(self.events), key=lambda e: e["timestamp"], reverse=True)
-            if all(self._field(e, key) == value for key, value in wanted)
+            e for e in ordered if all(self._field(e, key) == value for key, value in wanted)
         ]
         page = newest_first[offset : offset + limit]
         more = offset + len(page) < len(newest_first)

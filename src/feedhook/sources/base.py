@@ -1,12 +1,23 @@
-"""What every source kind provides, and the errors a feed can raise."""
+"""What every source kind provides, the errors a feed can raise, and what every feed
+does with the bytes it reads: JSON read exactly, and events that cannot be read in full
+delivered as well as they can be, marked, never dropped and never holding up the rest."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
-from feedhook.envelope import Envelope
+import orjson
+
+from feedhook.envelope import Envelope, make_envelope
+
+log = logging.getLogger("feedhook.source")
 
 
 class FeedError(Exception):
@@ -43,3 +54,123 @@ class Source(Protocol):
     async def fetch(self, cursor: str) -> Page:
         """The next page after `cursor`. Raises FeedError."""
         ...
+
+
+# A run of 20 digits may be an integer beyond 64 bits, which orjson reads as a float.
+_LONG_DIGITS = re.compile(rb"\d{20}")
+REPLACEMENT = "\ufffd"
+
+
+def load_json(body: bytes, where: str) -> tuple[Any, bool]:
+    """A JSON document read exactly, and whether invalid UTF-8 had to be replaced.
+
+    orjson first (fast); integers beyond 64 bits are read again by the standard library,
+    which keeps them exact. Bytes that are not UTF-8 become U+FFFD, so one bad character
+    costs its events a mark (see `problems_of`), never the whole page."""
+    try:
+        text: bytes | str = body
+        document = orjson.loads(body)
+        replaced = False
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" not in str(exc):
+            raise FeedError(
+                f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
+            ) from None
+        text = body.decode("utf-8", "replace")
+        replaced = True
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError as again:
+            raise FeedError(
+                f"{where}: the JSON is invalid or truncated ({again})", cause="invalid_json"
+            ) from None
+    if _LONG_DIGITS.search(body):
+        document = json.loads(text)
+    return document, replaced
+
+
+def whole_number(value: object) -> int | None:
+    """An id that must be a whole number: an int (not a bool) or a string of digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def text_id(value: object) -> str | None:
+    """An id that is a string (or a whole number written as one); None otherwise."""
+    if isinstance(value, str) and value:
+        return value
+    number = whole_number(value)
+    return None if number is None else str(number)
+
+
+def unidentified_id(native: object) -> str:
+    """A stable id for an event whose own id cannot be read: the same bytes read again
+    give the same id, so the store still keeps it once."""
+    digest = hashlib.sha256(orjson.dumps(native, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"unidentified-{digest[:16]}"
+
+
+def has_replacement(native: object) -> bool:
+    """Whether invalid UTF-8 was replaced somewhere in this event."""
+    if isinstance(native, str):
+        return REPLACEMENT in native
+    if isinstance(native, dict):
+        return any(has_replacement(k) or has_replacement(v) for k, v in native.items())
+    if isinstance(native, list):
+        return any(has_replacement(v) for v in native)
+    return False
+
+
+INVALID_UTF8 = "invalid UTF-8 in the upstream bytes (replaced with U+FFFD)"
+
+
+def salvage(
+    *,
+    source_name: str,
+    system: str,
+    source_url: str,
+    upstream_id: str,
+    problems: Sequence[str],
+    native: object,
+    native_raw: str | None = None,
+    time: datetime | None = None,
+    subject: str | None = None,
+    resource: str | None = None,
+    operation: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> Envelope:
+    """The envelope of an event that could not be read in full: what could be read, the
+    rest null, `data.malformed` listing what was wrong, `data.native_raw` the text as
+    received where `native` had to be built from it. Logged; the poller counts it."""
+    log.warning(
+        "%s: event %s is malformed (%s); delivering it as read, marked data.malformed",
+        source_name,
+        upstream_id,
+        "; ".join(problems),
+        extra={"source": source_name, "envelope_id": f"{source_name}:{upstream_id}"},
+    )
+    data: dict[str, Any] = {
+        "system": system,
+        "resource_type": resource,
+        "operation": operation,
+        "event_id": upstream_id,
+        **(fields or {}),
+        "native": native,
+        "malformed": list(problems),
+    }
+    if native_raw is not None:
+        data["native_raw"] = native_raw
+    return make_envelope(
+        source_name=source_name,
+        upstream_id=upstream_id,
+        source=source_url,
+        type=f"{system}.{resource or 'unknown'}.{operation or 'unknown'}",
+        time=time,
+        subject=subject,
+        data=data,
+    )

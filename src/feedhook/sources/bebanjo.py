@@ -7,19 +7,29 @@ order, over HTTP Digest auth; XML by default, JSON (Sequence only) on request.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, ParseError, tostring
 
 import aiohttp
-import orjson
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from feedhook.config import MovidaSource, SequenceSource, redact_url
-from feedhook.envelope import Envelope, make_envelope
-from feedhook.sources.base import FeedError, Page
+from feedhook.envelope import Envelope, make_envelope, rfc3339_utc
+from feedhook.sources.base import (
+    INVALID_UTF8,
+    REPLACEMENT,
+    FeedError,
+    Page,
+    has_replacement,
+    load_json,
+    salvage,
+    unidentified_id,
+    whole_number,
+)
 from feedhook.sources.http import HttpFeed
 
 log = logging.getLogger("feedhook.source")
@@ -30,54 +40,83 @@ ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
 @dataclass(frozen=True, slots=True)
 class RawEvent:
-    """An event as the feed described it, before normalization."""
+    """An event as the feed described it, before normalization. What could not be read
+    is None and said in `problems`."""
 
-    id: int
-    event_type: str
-    timestamp: str
+    id: int | None
+    event_type: str | None
+    timestamp: str | None
     changes: str | None
     links: dict[str, str]
-    native: dict[str, Any]
+    native: Any
+    problems: tuple[str, ...] = ()
+    native_raw: str | None = None  # the XML element's text, where `native` was built from it
 
 
 # --- parsing -------------------------------------------------------------------------
 
 
 def parse_json_feed(body: bytes, where: str) -> list[RawEvent]:
-    try:
-        document = orjson.loads(body)
-    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-        raise FeedError(
-            f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
-        ) from None
+    document, replaced = load_json(body, where)
     entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise FeedError(f"{where}: expected a JSON object with an 'entries' list")
-    return [json_event(entry, where) for entry in entries]
+    return [json_event(entry, replaced) for entry in entries]
 
 
-def json_event(entry: Any, where: str) -> RawEvent:
-    try:
-        links = {
-            key.removesuffix("_link"): str(value)
-            for key, value in entry.items()
-            if key.endswith("_link") and value
-        }
-        changes = entry.get("changes")
-        return RawEvent(
-            id=int(entry["id"]),
-            event_type=str(entry["event_type"]),
-            timestamp=str(entry["timestamp"]),
-            changes=None if changes is None else str(changes),
-            links=links,
-            native=entry,
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise FeedError(f"{where}: malformed event {str(entry)[:200]}: {exc!r}") from None
+def json_event(entry: Any, replaced: bool = False) -> RawEvent:
+    if not isinstance(entry, dict):
+        return RawEvent(None, None, None, None, {}, entry, ("the event is not a JSON object",))
+    links = {
+        key.removesuffix("_link"): value
+        for key, value in entry.items()
+        if key.endswith("_link") and isinstance(value, str) and value
+    }
+    changes = entry.get("changes")
+    return _checked(
+        entry.get("id"),
+        entry.get("event_type"),
+        entry.get("timestamp"),
+        changes if isinstance(changes, str) else None,
+        links,
+        entry,
+        (INVALID_UTF8,) if replaced and has_replacement(entry) else (),
+    )
 
 
-def parse_xml(body: bytes, where: str) -> Element:
-    """Parse with defusedxml: a DTD or any entity declaration is refused outright."""
+def _checked(
+    raw_id: object,
+    event_type: object,
+    timestamp: object,
+    changes: str | None,
+    links: dict[str, str],
+    native: Any,
+    problems: tuple[str, ...],
+    native_raw: str | None = None,
+) -> RawEvent:
+    """A RawEvent whose fields were checked: the ones that cannot be used are None, each
+    with a problem that says what it was."""
+    found = list(problems)
+    event_id = whole_number(raw_id)
+    if event_id is None:
+        found.append(f"id is not a whole number: {raw_id!r}")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
+        found.append(f"event type is not <resource>_<operation>: {event_type!r}")
+        event_type = None
+    if not isinstance(timestamp, str):
+        found.append(f"no timestamp: {timestamp!r}")
+        timestamp = None
+    return RawEvent(
+        event_id, event_type, timestamp, changes, links, native, tuple(found), native_raw
+    )
+
+
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*_[a-z0-9]+")
+
+
+def parse_xml(body: bytes, where: str) -> tuple[Element, bool]:
+    """Parse with defusedxml: a DTD or any entity declaration is refused outright.
+    Bytes that are not UTF-8 become U+FFFD (and the second value says so)."""
     head = body[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
         raise FeedError(
@@ -85,8 +124,14 @@ def parse_xml(body: bytes, where: str) -> Element:
             "check the url of this source",
             cause="html",
         )
+    replaced = False
     try:
-        return fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        body = body.decode("utf-8", "replace").encode("utf-8")
+        replaced = True
+    try:
+        root = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise FeedError(
             f"{where}: refused an XML document with a DTD or entity declarations "
@@ -98,16 +143,17 @@ def parse_xml(body: bytes, where: str) -> Element:
         raise FeedError(
             f"{where}: the XML is invalid or truncated ({exc})", cause="invalid_xml"
         ) from None
+    return root, replaced
 
 
 def parse_xml_feed(body: bytes, where: str) -> list[RawEvent]:
-    root = parse_xml(body, where)
+    root, replaced = parse_xml(body, where)
     if root.tag != "events":
         raise FeedError(f"{where}: expected an <events> document, got <{root.tag}>")
-    return [_xml_event(element, where) for element in root.findall("event")]
+    return [_xml_event(element, replaced) for element in root.findall("event")]
 
 
-def _xml_event(element: Element, where: str) -> RawEvent:
+def _xml_event(element: Element, replaced: bool) -> RawEvent:
     native: dict[str, Any] = {}
     links: dict[str, str] = {}
     for child in element:
@@ -120,33 +166,62 @@ def _xml_event(element: Element, where: str) -> RawEvent:
             native[child.tag] = int((child.text or "").strip())
         else:
             native[child.tag] = (child.text or "").strip()
+    raw = tostring(element, encoding="unicode").strip()
+    changes = native.get("changes")
+    return _checked(
+        native.get("id"),
+        native.get("event-type"),
+        native.get("timestamp"),
+        changes if isinstance(changes, str) else None,
+        links,
+        native,
+        (INVALID_UTF8,) if replaced and REPLACEMENT in raw else (),
+        raw,
+    )
+
+
+def _moment(timestamp: str | None) -> tuple[datetime | None, str | None]:
+    """The timestamp as an instant that has an RFC 3339 UTC form, or the problem."""
+    if timestamp is None:
+        return None, None
     try:
-        return RawEvent(
-            id=int(native["id"]),
-            event_type=str(native["event-type"]),
-            timestamp=str(native["timestamp"]),
-            changes=native.get("changes"),
-            links=links,
-            native=native,
-        )
-    except (KeyError, ValueError) as exc:
-        raise FeedError(f"{where}: malformed <event> (missing or bad {exc})") from None
+        moment = datetime.fromisoformat(timestamp)
+        rfc3339_utc(moment)
+    except ValueError:
+        return None, f"unreadable timestamp {timestamp!r}"
+    except OverflowError:
+        return None, f"timestamp {timestamp!r} is out of range (no UTC year 1 to 9999)"
+    return moment, None
 
 
 def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Envelope:
-    resource, _, operation = raw.event_type.rpartition("_")
-    if not resource:
-        raise FeedError(f"{source_name}: event {raw.id} has an unknown type {raw.event_type!r}")
-    try:
-        moment = datetime.fromisoformat(raw.timestamp)
-    except ValueError:
-        raise FeedError(
-            f"{source_name}: event {raw.id} has an unreadable timestamp {raw.timestamp!r}"
-        ) from None
+    moment, time_problem = _moment(raw.timestamp)
+    problems = [*raw.problems, *([time_problem] if time_problem else [])]
+    resource = operation = None
+    if raw.event_type is not None:
+        resource, _, operation = raw.event_type.rpartition("_")
+    upstream_id = str(raw.id) if raw.id is not None else unidentified_id(raw.native)
     changes = [c.strip() for c in (raw.changes or "").split(",") if c.strip()]
+    fields = {"changes": changes, "links": raw.links}
+    if problems:
+        return salvage(
+            source_name=source_name,
+            system=system,
+            source_url=api_url,
+            upstream_id=upstream_id,
+            problems=problems,
+            native=raw.native,
+            native_raw=raw.native_raw,
+            time=moment,
+            subject=raw.links.get("subject"),
+            resource=resource,
+            operation=operation,
+            fields=fields,
+        )
+    assert moment is not None
     return make_envelope(
         source_name=source_name,
-        upstream_id=str(raw.id),
+        upstream_id=upstream_id,
         source=api_url,
         type=f"{system}.{resource}.{operation}",
         time=moment,
@@ -155,9 +230,8 @@ def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Env
             "system": system,
             "resource_type": resource,
             "operation": operation,
-            "event_id": str(raw.id),
-            "changes": changes,
-            "links": raw.links,
+            "event_id": upstream_id,
+            **fields,
             "native": raw.native,
         },
     )
@@ -191,12 +265,10 @@ class BebanjoFeed(HttpFeed):
             response = await self.client.get(self.api_url, accept=ACCEPT[self.config.format])
             where = redact_url(self.api_url)
             if self.config.format == "json":
-                try:
-                    link = orjson.loads(response.body).get("events_link")
-                except (ValueError, AttributeError):
-                    link = None
+                root_document, _ = load_json(response.body, where)
+                link = root_document.get("events_link") if isinstance(root_document, dict) else None
             else:
-                root = parse_xml(response.body, where)
+                root, _ = parse_xml(response.body, where)
                 link = next(
                     (el.get("href") for el in root.iter("link") if el.get("rel") == "events"),
                     None,
@@ -229,21 +301,23 @@ class BebanjoFeed(HttpFeed):
             events = parse_json_feed(response.body, where)
         else:
             events = parse_xml_feed(response.body, where)
-        return sorted(events, key=lambda e: e.id)
+        # Ascending by id, as the feed promises; events without a readable id last.
+        return sorted(events, key=lambda e: (e.id is None, e.id or 0))
 
     async def fetch(self, cursor: str) -> Page:
         last = int(cursor)
         raw = await self.read_page(last)
-        fresh = [e for e in raw if e.id > last]
-        if len(raw) >= PAGE_SIZE and not fresh:
+        fresh = [e for e in raw if e.id is None or e.id > last]
+        if len(raw) >= PAGE_SIZE and not any(e.id is not None for e in fresh):
             raise FeedError(
                 f"{redact_url(await self.events_url())}: a full page with no event newer than "
                 f"{last}: the feed ignored newer_than; check events_url for source {self.name}"
             )
-        events = [(str(e.id), normalize(self.name, self.system, self.api_url, e)) for e in fresh]
+        envelopes = [normalize(self.name, self.system, self.api_url, e) for e in fresh]
+        newest = max((e.id for e in fresh if e.id is not None), default=None)
         return Page(
-            events=events,
-            cursor=str(fresh[-1].id) if fresh else cursor,
+            events=[(e.upstream_id, e) for e in envelopes],
+            cursor=str(newest) if newest is not None else cursor,
             more=len(raw) >= PAGE_SIZE,
         )
 
@@ -257,9 +331,15 @@ class BebanjoFeed(HttpFeed):
             return start
         if self.system == "movida":
             # Without newer_than, Movida answers its last 50 events.
-            page = await self.read_page(None)
-            return str(page[-1].id) if page else "0"
+            page = [e.id for e in await self.read_page(None) if e.id is not None]
+            return str(page[-1]) if page else "0"
         return str(await self.newest_id())
+
+    async def _probe(self, newer_than: int) -> tuple[bool, int | None]:
+        """Whether the page after `newer_than` is full, and its last readable id."""
+        page = await self.read_page(newer_than)
+        ids = [e.id for e in page if e.id is not None]
+        return len(page) >= PAGE_SIZE, ids[-1] if ids else None
 
     async def newest_id(self) -> int:
         """Sequence has no "last page" request: find the newest id by probing newer_than.
@@ -268,30 +348,32 @@ class BebanjoFeed(HttpFeed):
         proves none; a short page ends the search. Exponential probes then bisection:
         about 2·log2(newest id) requests, never a walk through the feed.
         """
-        page = await self.read_page(0)
-        if len(page) < PAGE_SIZE:
-            return page[-1].id if page else 0
-        low, step, high = page[-1].id, max(page[-1].id, 1024), None
+        full, last = await self._probe(0)
+        if not full:
+            return last or 0
+        if last is None:
+            raise FeedError(f"{self.name}: a full page of events without readable ids")
+        low, step, high = last, max(last, 1024), None
         requests = 1
         while high is None:
             probe = low + step
-            page = await self.read_page(probe)
+            full, last = await self._probe(probe)
             requests += 1
-            if not page:
+            if last is None:
                 high = probe
-            elif len(page) < PAGE_SIZE:
-                return page[-1].id
+            elif not full:
+                return last
             else:
-                low, step = page[-1].id, step * 2
+                low, step = last, step * 2
         while low < high:
             middle = (low + high) // 2
-            page = await self.read_page(middle)
+            full, last = await self._probe(middle)
             requests += 1
-            if not page:
+            if last is None:
                 high = middle
-            elif len(page) < PAGE_SIZE:
-                return page[-1].id
+            elif not full:
+                return last
             else:
-                low = page[-1].id
+                low = last
         log.info("%s: newest event is %d (found in %d requests)", self.name, low, requests)
         return low

@@ -65,21 +65,34 @@ class SourceHealth:
         return out
 
 
+@dataclass(frozen=True)
+class PollReport:
+    """What one write of pages did: pages read, new events by type, subscription filters
+    that failed on them (counted as no match), and new events that were malformed."""
+
+    pages: int
+    types: Mapping[str, int]
+    filter_errors: Mapping[str, int]
+    malformed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it rebuilds a Counter from its items, counting pairs.
+        return {
+            "pages": self.pages,
+            "types": dict(self.types),
+            "filter_errors": dict(self.filter_errors),
+            "malformed": self.malformed,
+        }
+
+
 class PollObserver(Protocol):
     """Told what each poller does: the metrics, the dispatcher's wake-up and, when the
     pollers run in their own process, the pipe to the main one."""
 
     def started(self, health: SourceHealth) -> None: ...
 
-    def ingested(
-        self,
-        health: SourceHealth,
-        pages: int,
-        types: Mapping[str, int],
-        filter_errors: Mapping[str, int],
-    ) -> None:
-        """Pages were written; `types` counts the new events by type (empty: none new),
-        `filter_errors` the subscription filters that failed on them (no match)."""
+    def ingested(self, health: SourceHealth, report: PollReport) -> None:
+        """Pages were written (their report may count no new event at all)."""
 
     def failed(self, health: SourceHealth, cause: str) -> None: ...
 
@@ -162,12 +175,17 @@ class Poller:
         if health.failing_since is not None:
             log.info("%s: the feed answers again", name, extra={"source": name})
         health.failing_since = health.last_error = health.cause = None
-        times = {e.time for page in batch for _, e in page.events}
+        times = {e.time for page in batch for _, e in page.events if e.time is not None}
         if times:
             newest = max(datetime.fromisoformat(t).timestamp() for t in times)
             health.newest_event_at = max(newest, health.newest_event_at or newest)
-        types = Counter(item.envelope.type for item in fresh)
-        self.observer.ingested(health, len(batch), types, filter_errors)
+        report = PollReport(
+            pages=len(batch),
+            types=Counter(item.envelope.type for item in fresh),
+            filter_errors=filter_errors,
+            malformed=sum(1 for item in fresh if "malformed" in item.envelope.data),
+        )
+        self.observer.ingested(health, report)
         if fresh:
             log.debug(
                 "%s: ingested %d events up to %s",

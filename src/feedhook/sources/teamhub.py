@@ -1,9 +1,12 @@
 """Helix TeamHub's event feed.
 
 `GET /events?limit=&offset=` answers newest first and offsets shift while new events
-arrive, so the cursor is a high-water mark: the newest timestamp seen and the ids seen at
-that instant. Each poll pages from offset 0 until it reaches what is known, then hands the
-new events over oldest first. Live events (progress below 100) change in place; they are
+arrive, so the cursor is a high-water mark: the newest timestamp seen, and the ids of the
+events seen within `overlap` of it. Each poll pages from offset 0 through that window,
+hands the events it does not know over oldest first, and stops below the window. An
+event that appears late with an earlier timestamp (a back-dated build, a server's clock
+skew) is still delivered, once, if it falls inside the window; an older one is logged as
+arriving too late to be seen. Live events (progress below 100) change in place; they are
 held in the cursor and re-read with `GET /events/:id` until they complete.
 """
 
@@ -11,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,8 +24,17 @@ import orjson
 from feedhook import clock
 from feedhook.config import TeamHubSource as TeamHubConfig
 from feedhook.config import redact_url
-from feedhook.envelope import Envelope, make_envelope
-from feedhook.sources.base import FeedError, Page
+from feedhook.envelope import Envelope, make_envelope, rfc3339_utc
+from feedhook.sources.base import (
+    INVALID_UTF8,
+    FeedError,
+    Page,
+    has_replacement,
+    load_json,
+    salvage,
+    text_id,
+    unidentified_id,
+)
 from feedhook.sources.http import HttpFeed, HttpStatusError
 
 log = logging.getLogger("feedhook.source")
@@ -38,6 +51,16 @@ def parse_time(value: object, where: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def read_time(value: object) -> datetime | None:
+    """A timestamp that has an RFC 3339 UTC form, or None."""
+    try:
+        moment = parse_time(value, "")
+        rfc3339_utc(moment)
+    except (FeedError, OverflowError):
+        return None
+    return moment
+
+
 @dataclass
 class Held:
     """A live event waiting to complete: when to give up, and the progress last emitted."""
@@ -51,17 +74,18 @@ class Held:
 
 @dataclass
 class Cursor:
-    """The high-water mark and the live events being watched; stored as JSON."""
+    """The high-water mark, the ids seen within the overlap window below it (with their
+    timestamps), and the live events being watched; stored as JSON."""
 
     newest: datetime | None = None
-    ids: set[str] = field(default_factory=set)
+    seen: dict[str, datetime] = field(default_factory=dict)
     held: dict[str, Held] = field(default_factory=dict)
 
     def dump(self) -> str:
         return json.dumps(
             {
                 "newest": self.newest.isoformat() if self.newest else None,
-                "ids": sorted(self.ids),
+                "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
                 "held": {k: v.to_json() for k, v in sorted(self.held.items())},
             },
             separators=(",", ":"),
@@ -71,65 +95,101 @@ class Cursor:
     def load(cls, text: str) -> Cursor:
         try:
             raw = orjson.loads(text)
+            newest = datetime.fromisoformat(raw["newest"]) if raw["newest"] else None
+            if "seen" in raw:
+                seen = {k: datetime.fromisoformat(v) for k, v in raw["seen"].items()}
+            else:  # written by an older feedhook: the ids at the newest instant
+                seen = dict.fromkeys(raw["ids"], newest) if newest else {}
             return cls(
-                newest=datetime.fromisoformat(raw["newest"]) if raw["newest"] else None,
-                ids=set(raw["ids"]),
+                newest=newest,
+                seen=seen,
                 held={
                     k: Held(float(v["deadline"]), int(v["progress"]))
                     for k, v in raw["held"].items()
                 },
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FeedError(
                 f"the stored TeamHub cursor is unreadable ({exc!r}): {text[:200]}"
             ) from None
 
-    def knows(self, moment: datetime, event_id: str) -> bool:
-        if self.newest is None:
-            return False
-        return moment < self.newest or (moment == self.newest and event_id in self.ids)
+    def cutoff(self, overlap: timedelta) -> datetime | None:
+        """Events older than this are below the window: known, or too late to be seen."""
+        return None if self.newest is None else self.newest - overlap
 
-    def advance(self, moment: datetime, event_id: str) -> None:
+    def advance(self, moment: datetime, event_id: str, overlap: timedelta) -> None:
+        self.seen[event_id] = moment
         if self.newest is None or moment > self.newest:
-            self.newest, self.ids = moment, {event_id}
-        elif moment == self.newest:
-            self.ids.add(event_id)
+            self.newest = moment
+            cutoff = moment - overlap
+            self.seen = {k: v for k, v in self.seen.items() if v >= cutoff}
 
 
 def _progress(event: dict[str, Any]) -> int:
     value = event.get("progress", COMPLETE)
-    return COMPLETE if value is None else int(value)
+    if value is None or isinstance(value, bool):
+        return COMPLETE
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return COMPLETE  # unreadable: not held back as live
 
 
 def normalize(
-    source_name: str, api_url: str, event: dict[str, Any], upstream_id: str, live: bool = False
+    source_name: str,
+    api_url: str,
+    event: dict[str, Any],
+    upstream_id: str,
+    live: bool = False,
+    known_problems: Sequence[str] = (),
 ) -> Envelope:
-    """A TeamHub event -> envelope; `upstream_id` carries the progress in each_update mode."""
-    where = f"{source_name}: event {event.get('id')!r}"
-    try:
-        event_id = str(event["id"])
-        target, operation = str(event["target"]), str(event["operation"])
-        objects = event.get("objects") or {}
-        actor = event.get("subject")
-        actor = actor.get("id") if isinstance(actor, dict) else actor
-        project = (objects.get("project") or {}).get("id")
-        repository = (objects.get("repository") or {}).get("id")
-        moment = parse_time(event["timestamp"], where)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise FeedError(f"{where}: malformed event ({exc!r})") from None
+    """A TeamHub event -> envelope; `upstream_id` carries the progress in each_update mode.
+    What cannot be read is null and said in data.malformed."""
+    problems: list[str] = list(known_problems)
+    event_id = text_id(event.get("id"))
+    if event_id is None:
+        problems.append(f"id is not a string: {event.get('id')!r}")
+    target, operation = event.get("target"), event.get("operation")
+    if not isinstance(target, str) or not target:
+        problems.append(f"target is not a string: {target!r}")
+        target = None
+    if not isinstance(operation, str) or not operation:
+        problems.append(f"operation is not a string: {operation!r}")
+        operation = None
+    objects = event.get("objects")
+    if not isinstance(objects, dict):
+        if objects is not None:
+            problems.append(f"objects is not an object: {objects!r}"[:200])
+        objects = {}
+    actor = event.get("subject")
+    actor = actor.get("id") if isinstance(actor, dict) else actor
+    project = _object_id(objects, "project")
+    repository = _object_id(objects, "repository")
+    moment = read_time(event.get("timestamp"))
+    if moment is None:
+        problems.append(f"unreadable timestamp {event.get('timestamp')!r}")
     subject = f"{project}/{repository}" if project and repository else project
-    data: dict[str, Any] = {
-        "system": "teamhub",
-        "resource_type": target,
-        "operation": operation,
-        "event_id": event_id,
+    fields: dict[str, Any] = {
         "subject": actor,
         "objects": objects,
         "progress": _progress(event),
     }
     if live:
-        data["live"] = True
-    data["native"] = event
+        fields["live"] = True
+    if problems:
+        return salvage(
+            source_name=source_name,
+            system="teamhub",
+            source_url=api_url,
+            upstream_id=upstream_id,
+            problems=problems,
+            native=event,
+            time=moment,
+            subject=subject,
+            resource=target,
+            operation=operation,
+            fields=fields,
+        )
     return make_envelope(
         source_name=source_name,
         upstream_id=upstream_id,
@@ -137,8 +197,35 @@ def normalize(
         type=f"teamhub.{target}.{operation}",
         time=moment,
         subject=subject,
-        data=data,
+        data={
+            "system": "teamhub",
+            "resource_type": target,
+            "operation": operation,
+            "event_id": event_id,
+            **fields,
+            "native": event,
+        },
     )
+
+
+def _object_id(objects: dict[str, Any], key: str) -> str | None:
+    value = objects.get(key)
+    ident = value.get("id") if isinstance(value, dict) else None
+    return ident if isinstance(ident, str) else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _events_in(document: Any) -> list[Any]:
+    if isinstance(document, dict) and isinstance(document.get("results"), list):
+        return list(document["results"])
+    return [document]
+
+
+def _event_id(event: dict[str, Any]) -> str:
+    """The event's id, or a stable stand-in when it has none that can be read."""
+    return text_id(event.get("id")) or unidentified_id(event)
 
 
 class TeamHubFeed(HttpFeed):
@@ -148,6 +235,8 @@ class TeamHubFeed(HttpFeed):
     def __init__(self, name: str, config: TeamHubConfig) -> None:
         super().__init__(name, config)
         self.api_url = config.url.rstrip("/")
+        # Events of this fetch whose bytes were not UTF-8, by object identity.
+        self._invalid_utf8: dict[int, Any] = {}
         self._headers = {
             "Authorization": (
                 f"hth.company_key='{config.company_key.get_secret_value()}',"
@@ -166,12 +255,12 @@ class TeamHubFeed(HttpFeed):
                 "check the url of this source",
                 cause="html",
             )
-        try:
-            return orjson.loads(response.body)
-        except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-            raise FeedError(
-                f"{where}: the JSON is invalid or truncated ({exc})", cause="invalid_json"
-            ) from None
+        document, replaced = load_json(response.body, where)
+        if replaced:  # remembered (and kept alive, so ids stay unique) until the next fetch
+            self._invalid_utf8.update(
+                (id(event), event) for event in _events_in(document) if has_replacement(event)
+            )
+        return document
 
     async def read_page(self, offset: int) -> tuple[list[dict[str, Any]], int | None]:
         """One page, newest first, and the offset of the next one (None at the end)."""
@@ -214,16 +303,23 @@ class TeamHubFeed(HttpFeed):
         if self.config.start == "latest":
             results, _ = await self.read_page(0)
             for event in results:
-                cursor.advance(parse_time(event.get("timestamp"), self.name), str(event.get("id")))
+                moment, event_id = read_time(event.get("timestamp")), _event_id(event)
+                if moment is not None:
+                    cursor.advance(moment, event_id, self._overlap)
         return cursor.dump()
 
+    @property
+    def _overlap(self) -> timedelta:
+        return timedelta(seconds=self.config.overlap)
+
     async def fetch(self, cursor_text: str) -> Page:
+        self._invalid_utf8.clear()
         cursor = Cursor.load(cursor_text)
         fresh = await self._read_new(cursor)
         events: list[tuple[str, Envelope]] = []
         watched = dict(cursor.held)  # re-read below; new arrivals are judged as they come
-        for event in fresh:
-            cursor.advance(parse_time(event["timestamp"], self.name), str(event["id"]))
+        for moment, event in fresh:
+            cursor.advance(moment or cursor.newest or _EPOCH, _event_id(event), self._overlap)
             events.extend(self._observe(cursor, event, first_sight=True))
         for event_id in watched:
             current = await self.read_event(event_id)
@@ -239,49 +335,71 @@ class TeamHubFeed(HttpFeed):
             events.extend(self._observe(cursor, current, first_sight=False))
         return Page(events=events, cursor=cursor.dump(), more=False)
 
-    async def _read_new(self, cursor: Cursor) -> list[dict[str, Any]]:
-        """Everything newer than the high-water mark, oldest first, each id once."""
-        seen: dict[str, dict[str, Any]] = {}
+    async def _read_new(self, cursor: Cursor) -> list[tuple[datetime | None, dict[str, Any]]]:
+        """The events not seen before, down through the overlap window, oldest first,
+        each id once (shifting offsets show an event twice)."""
+        cutoff = cursor.cutoff(self._overlap)
+        found: dict[str, tuple[datetime | None, dict[str, Any]]] = {}
+        reached_known = not cursor.seen
         offset: int | None = 0
         while offset is not None:
             results, next_offset = await self.read_page(offset)
-            reached_known = False
+            below_window = False
             for event in results:
-                try:
-                    event_id = str(event["id"])
-                    moment = parse_time(event["timestamp"], f"{self.name}: event {event_id}")
-                except KeyError as exc:
-                    raise FeedError(f"{self.name}: event without {exc} in {event}") from None
-                if cursor.knows(moment, event_id):
+                event_id = _event_id(event)
+                moment = read_time(event.get("timestamp"))
+                if event_id in cursor.seen:
                     reached_known = True
-                elif event_id not in seen:  # shifted offsets show an event twice
-                    seen[event_id] = event
-            offset = None if reached_known else next_offset
-        return sorted(reversed(seen.values()), key=lambda e: parse_time(e["timestamp"], self.name))
+                elif cutoff is not None and moment is not None and moment < cutoff:
+                    below_window = True
+                    if not reached_known:  # above events we know: it arrived late
+                        self._too_late(event_id, moment, cutoff)
+                elif event_id not in found:
+                    found[event_id] = (moment, event)
+            # Below the window once what is known has been passed (or on a page that
+            # held nothing else): the rest of the feed is older still.
+            offset = None if below_window and (reached_known or not found) else next_offset
+        return sorted(reversed(found.values()), key=lambda pair: pair[0] or _EPOCH)
+
+    def _normalize(self, event: dict[str, Any], upstream_id: str, live: bool = False) -> Envelope:
+        utf8 = [INVALID_UTF8] if id(event) in self._invalid_utf8 else []
+        return normalize(self.name, self.api_url, event, upstream_id, live, utf8)
+
+    def _too_late(self, event_id: str, moment: datetime, cutoff: datetime) -> None:
+        log.warning(
+            "%s: event %s (%s) arrived too late to be seen: it is older than the %gs"
+            " overlap window below the newest event; raise `overlap` to catch such events",
+            self.name,
+            event_id,
+            moment.isoformat(),
+            self.config.overlap,
+            extra={"source": self.name, "envelope_id": f"{self.name}:{event_id}"},
+        )
 
     def _observe(
         self, cursor: Cursor, event: dict[str, Any], first_sight: bool
     ) -> list[tuple[str, Envelope]]:
         """What to emit for an event as it is now, and whether to keep watching it."""
-        event_id = str(event["id"])
+        event_id = _event_id(event)
         progress = _progress(event)
         each_update = self.config.live_events == "each_update"
         held = cursor.held.get(event_id)
         if first_sight and progress >= COMPLETE:
-            return [(event_id, normalize(self.name, self.api_url, event, event_id))]
+            return [(event_id, self._normalize(event, event_id))]
         now = clock.now()
         if held is None:
-            updated = parse_time(event.get("updated_at") or event["timestamp"], self.name)
-            held = Held(deadline=updated.timestamp() + self.config.live_timeout, progress=-1)
+            updated = read_time(event.get("updated_at") or event.get("timestamp"))
+            start = updated.timestamp() if updated is not None else now
+            held = Held(deadline=start + self.config.live_timeout, progress=-1)
         out: list[tuple[str, Envelope]] = []
         if each_update:
             if progress != held.progress:
                 upstream_id = f"{event_id}:{progress}"
-                out.append((upstream_id, normalize(self.name, self.api_url, event, upstream_id)))
+                out.append((upstream_id, self._normalize(event, upstream_id)))
                 held.progress = progress
         elif progress >= COMPLETE or now >= held.deadline:
             live = progress < COMPLETE
-            out.append((event_id, normalize(self.name, self.api_url, event, event_id, live=live)))
+            out.append((event_id, self._normalize(event, event_id, live=live)))
         if progress >= COMPLETE or now >= held.deadline or (out and not each_update):
             cursor.held.pop(event_id, None)
         else:
