@@ -496,6 +496,56 @@ async def scenario_fanout(sizes: dict[str, int], work: Path) -> Result:
     )
 
 
+async def scenario_modulo(sizes: dict[str, int], work: Path) -> Result:
+    """A Modulo backlog streams through the ingest process a page at a time, and a
+    drained feed costs about one request per event code per poll."""
+    n, codes, polls = sizes["modulo"], 2, 10
+    async with (
+        server("modulo", "--updates", str(n), "--codes", str(codes)) as sim,
+        server("receiver") as rx,
+    ):
+        bridge = Bridge(
+            work,
+            {
+                "risk": {
+                    "kind": "modulo",
+                    "url": f"{sim.url}/WorkflowWS",
+                    "event_codes": [f"E{i}" for i in range(codes)],
+                    "token": "bench-token",
+                    **{k: v for k, v in FAST_SOURCE.items() if k not in ("username", "password")},
+                }
+            },
+            {"all": subscription(rx, "all", max_in_flight=64)},
+        )
+        await bridge.start()
+        try:
+            started = time.monotonic()
+            await until(lambda: bridge.ingested() >= n, timeout=1200, every=0.1)
+            seconds = time.monotonic() - started
+            assert bridge.proc is not None
+            (ingest,) = children(bridge.proc.pid)
+            ingest_mb = peak_rss_kb(ingest) / 1024
+            await until(lambda: received(rx, n), timeout=1200, every=0.2)
+            await asyncio.sleep(2)  # past the last catch-up poll
+            before = (await sim.stats())["requests"]
+            await asyncio.sleep(polls)  # poll_interval 1s
+            idle = ((await sim.stats())["requests"] - before) / polls / codes
+        finally:
+            await bridge.stop()
+    return Result(
+        "modulo",
+        f"{n:,}-update backlog over {codes} event codes: ingest process peak RSS",
+        round(ingest_mb, 1),
+        "MB",
+        "",
+        None,
+        None,
+        "<= 150 MB; idle <= 2 requests per poll per code",
+        ingest_mb <= 150 and idle <= 2,
+        {"idle_requests_per_poll_per_code": round(idle, 2), "ingest_seconds": round(seconds, 1)},
+    )
+
+
 def percentile(ordered: list[float], pct: float) -> float:
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
     return ordered[index]
@@ -507,6 +557,7 @@ SCENARIOS = {
     "latency": scenario_latency,
     "memory": scenario_memory,
     "fanout": scenario_fanout,
+    "modulo": scenario_modulo,
 }
 FULL = {
     "throughput": 50_000,
@@ -514,6 +565,7 @@ FULL = {
     "latency_seconds": 30,
     "memory": 1_000_000,
     "fanout": 10_000,
+    "modulo": 100_000,
 }
 QUICK = {
     "throughput": 5_000,
@@ -521,6 +573,7 @@ QUICK = {
     "latency_seconds": 5,
     "memory": 20_000,
     "fanout": 500,
+    "modulo": 10_000,
 }
 
 

@@ -2,6 +2,7 @@
 
     python bench/servers.py feed --system sequence --events 100000
     python bench/servers.py feed --system movida --rate 100 --seconds 30  # after POST /_start
+    python bench/servers.py modulo --updates 100000 --codes 2
     python bench/servers.py receiver [--record-ids]
 
 Each prints `READY <port>` once listening, then serves until killed. GET /_stats answers
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from feedhook.sim import SimFeed
+from feedhook.sim import SimFeed, SimModulo
 
 
 async def feed(args: argparse.Namespace) -> None:
@@ -61,6 +62,24 @@ async def feed(args: argparse.Namespace) -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
             sim.add_events(1)
+    await asyncio.Event().wait()
+
+
+async def modulo(args: argparse.Namespace) -> None:
+    """A Modulo backlog after a long outage: `updates` updates over `codes` event codes,
+    one a second (dated in the past, in the server's zone UTC-3), behind a static token."""
+    sim = SimModulo(static_token="bench-token")
+    start = int(time.time() * 1000) - args.updates * 1000 - 60_000
+    for n in range(args.updates):
+        sim.add_updates(f"E{n % args.codes}", 1, at_millis=start + n * 1000)
+    app = sim.server.app
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"requests": len(sim.requests)})
+
+    app.router.add_get("/_stats", stats)
+    await sim.start()
+    print(f"READY {sim.server.port}", flush=True)
     await asyncio.Event().wait()
 
 
@@ -107,11 +126,15 @@ def main() -> None:
     f.add_argument("--events", type=int, default=0)
     f.add_argument("--rate", type=float, default=0.0)
     f.add_argument("--seconds", type=float, default=0.0)
+    m = commands.add_parser("modulo")
+    m.add_argument("--updates", type=int, default=100_000)
+    m.add_argument("--codes", type=int, default=2)
     r = commands.add_parser("receiver")
     r.add_argument("--record-ids", action="store_true")
     args = parser.parse_args()
     try:
-        asyncio.run(feed(args) if args.command == "feed" else receiver(args))
+        run = {"feed": feed, "modulo": modulo, "receiver": receiver}[args.command]
+        asyncio.run(run(args))
     except KeyboardInterrupt:
         sys.exit(0)
 

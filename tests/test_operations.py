@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -463,3 +464,65 @@ async def test_credentials_echoed_back_by_upstreams_and_receivers_never_show(
     assert SENTINEL not in everything
     basic = base64.b64encode(f"u:pw-{SENTINEL}".encode()).decode()
     assert basic not in everything
+
+
+async def test_a_receiver_that_keeps_failing_does_not_flood_the_log(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """300 deliveries failing with 503, each retried: one WARNING line per (subscription,
+    cause) a minute with a count, the attempts themselves at DEBUG only."""
+    sequence_feed.add_events(300)
+    receiver.answer("down", 503)
+    cli.write_config(
+        {
+            "sources": {"seq": source(sequence_feed)},
+            "subscriptions": {
+                "down": subscription(
+                    receiver, "down", max_in_flight=50, retry={"schedule": ["50ms"] * 3}
+                )
+            },
+        }
+    )
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.received) >= 1200, timeout=30, what="every attempt")
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    failing = [x for x in lines if x["level"] == "warning" and "are failing" in x["message"]]
+    assert len(failing) == 1, failing
+    assert "HTTP 503" in failing[0]["message"]
+    assert not any("retrying in" in x["message"] for x in lines)
+
+
+async def test_a_database_locked_by_another_program_is_waited_out(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """Another program holds the write lock for 12 s: `feedhook run` waits (readiness
+    says why), exits nothing, and delivers everything once the lock is released."""
+    sequence_feed.add_events(10)
+    _one_hook(cli, sequence_feed, receiver)
+    proc = await cli.start("run")
+    await eventually(lambda: len(receiver.ok()) == 10, what="the first events")
+    other = sqlite3.connect(cli.db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    locked_at = time.monotonic()
+    try:
+        sequence_feed.add_events(20)
+
+        async def not_ready() -> bool:
+            status, body = await get(f"{cli.admin}/readyz")
+            return status == 503 and "locked by another program" in body
+
+        await eventually(not_ready, timeout=20, what="readiness to show the lock")
+        await asyncio.sleep(max(0.0, 12 - (time.monotonic() - locked_at)))
+        assert proc.returncode is None and len(receiver.ok()) == 10
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    await eventually(lambda: len(receiver.ok()) == 30, timeout=20, what="the rest")
+    status, _ = await get(f"{cli.admin}/readyz")
+    assert status == 200
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    assert "waiting for it" in err.decode() and "lock was released" in err.decode()
