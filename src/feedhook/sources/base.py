@@ -129,42 +129,45 @@ def has_replacement(native: object) -> bool:
 INVALID_UTF8 = "invalid UTF-8 in the upstream bytes (replaced with U+FFFD)"
 
 
-def salvage(
+def build_envelope(
     *,
     source_name: str,
     system: str,
     source_url: str,
     upstream_id: str,
-    problems: Sequence[str],
+    resource: str | None,
+    operation: str | None,
+    time: datetime | None,
+    subject: str | None,
+    fields: dict[str, Any],
     native: object,
+    problems: Sequence[str] = (),
     native_raw: str | None = None,
-    time: datetime | None = None,
-    subject: str | None = None,
-    resource: str | None = None,
-    operation: str | None = None,
-    fields: dict[str, Any] | None = None,
 ) -> Envelope:
-    """The envelope of an event that could not be read in full: what could be read, the
-    rest null, `data.malformed` listing what was wrong, `data.native_raw` the text as
-    received where `native` had to be built from it. Logged; the poller counts it."""
-    log.warning(
-        "%s: event %s is malformed (%s); delivering it as read, marked data.malformed",
-        source_name,
-        upstream_id,
-        "; ".join(problems),
-        extra={"source": source_name, "envelope_id": f"{source_name}:{upstream_id}"},
-    )
+    """The envelope every source kind makes of an event: type from system, resource and
+    operation, `data` as system, resource_type, operation, the kind's own fields, then
+    `native`. With `problems` (an event that could not be read in full), what could not
+    be read is None, `data.malformed` lists what was wrong and `data.native_raw` keeps
+    the text as received where `native` had to be built from it; it is logged, and the
+    poller counts it."""
     data: dict[str, Any] = {
         "system": system,
         "resource_type": resource,
         "operation": operation,
-        "event_id": upstream_id,
-        **(fields or {}),
+        **fields,
         "native": native,
-        "malformed": list(problems),
     }
-    if native_raw is not None:
-        data["native_raw"] = native_raw
+    if problems:
+        log.warning(
+            "%s: event %s is malformed (%s); delivering it as read, marked data.malformed",
+            source_name,
+            upstream_id,
+            "; ".join(problems),
+            extra={"source": source_name, "envelope_id": f"{source_name}:{upstream_id}"},
+        )
+        data["malformed"] = list(problems)
+        if native_raw is not None:
+            data["native_raw"] = native_raw
     return make_envelope(
         source_name=source_name,
         upstream_id=upstream_id,

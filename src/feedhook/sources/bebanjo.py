@@ -18,15 +18,15 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from feedhook.config import MovidaSource, SequenceSource, redact_url
-from feedhook.envelope import Envelope, make_envelope, rfc3339_utc
+from feedhook.envelope import Envelope, rfc3339_utc
 from feedhook.sources.base import (
     INVALID_UTF8,
     REPLACEMENT,
     FeedError,
     Page,
+    build_envelope,
     has_replacement,
     load_json,
-    salvage,
     unidentified_id,
     whole_number,
 )
@@ -202,38 +202,19 @@ def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Env
         resource, _, operation = raw.event_type.rpartition("_")
     upstream_id = str(raw.id) if raw.id is not None else unidentified_id(raw.native)
     changes = [c.strip() for c in (raw.changes or "").split(",") if c.strip()]
-    fields = {"changes": changes, "links": raw.links}
-    if problems:
-        return salvage(
-            source_name=source_name,
-            system=system,
-            source_url=api_url,
-            upstream_id=upstream_id,
-            problems=problems,
-            native=raw.native,
-            native_raw=raw.native_raw,
-            time=moment,
-            subject=raw.links.get("subject"),
-            resource=resource,
-            operation=operation,
-            fields=fields,
-        )
-    assert moment is not None
-    return make_envelope(
+    return build_envelope(
         source_name=source_name,
+        system=system,
+        source_url=api_url,
         upstream_id=upstream_id,
-        source=api_url,
-        type=f"{system}.{resource}.{operation}",
+        resource=resource,
+        operation=operation,
         time=moment,
         subject=raw.links.get("subject"),
-        data={
-            "system": system,
-            "resource_type": resource,
-            "operation": operation,
-            "event_id": upstream_id,
-            **fields,
-            "native": raw.native,
-        },
+        fields={"event_id": upstream_id, "changes": changes, "links": raw.links},
+        native=raw.native,
+        problems=problems,
+        native_raw=raw.native_raw,
     )
 
 

@@ -30,14 +30,14 @@ import orjson
 from feedhook import clock
 from feedhook.config import ModuloSource as ModuloConfig
 from feedhook.config import redact_url
-from feedhook.envelope import Envelope, make_envelope
+from feedhook.envelope import Envelope
 from feedhook.sources.base import (
     INVALID_UTF8,
     FeedError,
     Page,
+    build_envelope,
     has_replacement,
     load_json,
-    salvage,
     text_id,
     unidentified_id,
 )
@@ -192,35 +192,18 @@ def normalize(
     if millis is not None:
         with contextlib.suppress(ValueError, OverflowError, OSError):
             moment = to_datetime(millis, offset or "+0000")
-    upstream_id = update_id or unidentified_id(update)
-    if problems:
-        return salvage(
-            source_name=source_name,
-            system="modulo",
-            source_url=ws_url,
-            upstream_id=upstream_id,
-            problems=problems,
-            native=update,
-            time=moment,
-            subject=child or event_code,
-            resource="event",
-            operation=action,
-            fields=fields,
-        )
-    return make_envelope(
+    return build_envelope(
         source_name=source_name,
-        upstream_id=upstream_id,
-        source=ws_url,
-        type=f"modulo.event.{action}",
+        system="modulo",
+        source_url=ws_url,
+        upstream_id=update_id or unidentified_id(update),
+        resource="event",
+        operation=action,
         time=moment,
         subject=child or event_code,
-        data={
-            "system": "modulo",
-            "resource_type": "event",
-            "operation": action,
-            **fields,
-            "native": update,
-        },
+        fields=fields,
+        native=update,
+        problems=problems,
     )
 
 
@@ -435,15 +418,18 @@ class ModuloFeed(HttpFeed):
         )
 
     def _not_an_object(self, code: str, native: Any) -> Envelope:
-        return salvage(
+        return build_envelope(
             source_name=self.name,
             system="modulo",
             source_url=self.ws_url,
             upstream_id=unidentified_id(native),
-            problems=["the update is not a JSON object"],
-            native=native,
-            subject=code,
             resource="event",
+            operation=None,
+            time=None,
+            subject=code,
+            fields={"event_code": code},
+            native=native,
+            problems=["the update is not a JSON object"],
         )
 
     async def _read_page(

@@ -24,14 +24,14 @@ import orjson
 from feedhook import clock
 from feedhook.config import TeamHubSource as TeamHubConfig
 from feedhook.config import redact_url
-from feedhook.envelope import Envelope, make_envelope, rfc3339_utc
+from feedhook.envelope import Envelope, rfc3339_utc
 from feedhook.sources.base import (
     INVALID_UTF8,
     FeedError,
     Page,
+    build_envelope,
     has_replacement,
     load_json,
-    salvage,
     text_id,
     unidentified_id,
 )
@@ -170,41 +170,25 @@ def normalize(
         problems.append(f"unreadable timestamp {event.get('timestamp')!r}")
     subject = f"{project}/{repository}" if project and repository else project
     fields: dict[str, Any] = {
+        "event_id": event_id,
         "subject": actor,
         "objects": objects,
         "progress": _progress(event),
     }
     if live:
         fields["live"] = True
-    if problems:
-        return salvage(
-            source_name=source_name,
-            system="teamhub",
-            source_url=api_url,
-            upstream_id=upstream_id,
-            problems=problems,
-            native=event,
-            time=moment,
-            subject=subject,
-            resource=target,
-            operation=operation,
-            fields=fields,
-        )
-    return make_envelope(
+    return build_envelope(
         source_name=source_name,
+        system="teamhub",
+        source_url=api_url,
         upstream_id=upstream_id,
-        source=api_url,
-        type=f"teamhub.{target}.{operation}",
+        resource=target,
+        operation=operation,
         time=moment,
         subject=subject,
-        data={
-            "system": "teamhub",
-            "resource_type": target,
-            "operation": operation,
-            "event_id": event_id,
-            **fields,
-            "native": event,
-        },
+        fields=fields,
+        native=event,
+        problems=problems,
     )
 
 
