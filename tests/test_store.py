@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -360,3 +361,40 @@ async def test_a_deleted_database_is_noticed(tmp_path: Path) -> None:
         path.unlink()
         with pytest.raises(StoreError, match="was deleted while feedhook was running"):
             store.check_identity()
+
+
+async def test_prune_removes_finished_work_only(store: SqliteStore) -> None:
+    """Past the retention: delivered deliveries go, then events nothing refers to; dead
+    letters go after their own retention, with their deliveries. Pending and in-flight
+    deliveries, their events and younger rows stay; the delivered count is a lifetime
+    total that pruning does not lower."""
+    base = time.time()  # rows are written at the real time: the test's clock runs ahead
+    await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 7)], "6")
+    claimed = await store.claim({"a": 10, "b": 10}, now=1e12)
+    a = sorted((d for d in claimed if d.subscription == "a"), key=lambda d: d.id)
+    b = sorted((d for d in claimed if d.subscription == "b"), key=lambda d: d.id)
+    await store.complete(
+        [Outcome(d.id, "delivered", 1, at=base + 100) for d in a]  # all of a's: delivered long ago
+        + [Outcome(d.id, "delivered", 1, at=base + 100) for d in b[:2]]
+        + [Outcome(b[2].id, "dead", 1, at=base + 100, reason="x")]  # a dead letter, long ago
+        + [Outcome(b[3].id, "dead", 1, at=base + 5000, reason="x")]  # a recent dead letter
+        + [Outcome(b[4].id, "delivered", 1, at=base + 5000)]  # delivered recently
+    )  # b[5] stays in flight
+    before = await store.counts()
+    assert (before["a"].delivered, before["b"].delivered) == (6, 3)
+
+    keep_dead = await store.prune(now=base + 6000, delivered_for=1000.0, dead_letters_for=None)
+    assert (keep_dead.deliveries, keep_dead.dead_letters) == (8, 0)
+    assert keep_dead.events == 2  # seq:1 and seq:2: delivered to both, nothing left
+    assert len(await store.list_dead()) == 2
+
+    removed = await store.prune(now=base + 6000, delivered_for=1000.0, dead_letters_for=1000.0)
+    assert (removed.deliveries, removed.dead_letters, removed.events) == (0, 1, 1)
+    assert [d.envelope_id for d in await store.list_dead()] == ["seq:4"]
+    left = {e.envelope_id for e in await store.stored_events(0, 100)}
+    assert left == {"seq:4", "seq:5", "seq:6"}  # a dead letter, a recent delivery, in flight
+    after = await store.counts()
+    assert (after["a"].delivered, after["b"].delivered, after["b"].pending) == (6, 3, 1)
+    assert (await store.storage()).events == 3
+    # Nothing more to do: a second pass removes nothing.
+    assert not await store.prune(now=base + 6000, delivered_for=1000.0, dead_letters_for=1000.0)

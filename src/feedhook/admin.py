@@ -167,8 +167,8 @@ def _dead_id(request: web.Request) -> int:
 
 async def api_status(request: web.Request) -> web.Response:
     worker = _worker(request)
-    status = await worker.store.status()
-    return _json(status_document(status, worker.config, worker.health, clock.now()))
+    status, storage = await worker.store.status(), await worker.store.storage()
+    return _json(status_document(status, worker.config, worker.health, clock.now(), storage))
 
 
 async def api_dead_letters(request: web.Request) -> web.Response:

@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from feedhook import __version__, logs
+from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
 from feedhook.ingest_process import IngestProcess
 from feedhook.metrics import Metrics
 from feedhook.sources.poller import PollReport, SourceHealth
-from feedhook.store.base import Store, StoreError
+from feedhook.store.base import PruneResult, Store, StoreError
 from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
@@ -129,6 +129,7 @@ class Worker:
                 tasks.create_task(dispatcher.run(), name="dispatcher")
                 tasks.create_task(ingest.run(), name="ingest")
                 watch = tasks.create_task(self._watch_store(), name="store-watch")
+                pruning = tasks.create_task(self._prune_every_interval(), name="prune")
                 self.running = True
                 log.info(
                     "feedhook %s running: %d sources%s, %d subscriptions",
@@ -143,9 +144,32 @@ class Worker:
                 ingest.stop()
                 dispatcher.stop()
                 watch.cancel()
+                pruning.cancel()
         log.info("stopped")
         if self.fatal is not None:
             raise StoreError(self.fatal)
+
+    async def _prune_every_interval(self) -> None:
+        """Retention: finished work older than the config says goes, in short
+        transactions, once at start and then every `retention.interval`."""
+        while True:
+            await self.prune()
+            await asyncio.sleep(self.config.retention.interval)
+
+    async def prune(self) -> PruneResult:
+        retention = self.config.retention
+        removed = await self.store.prune(clock.now(), retention.delivered, retention.dead_letters)
+        for what in ("deliveries", "dead_letters", "events"):
+            self.metrics.pruned.labels(what).inc(getattr(removed, what))
+        if removed:
+            log.info(
+                "pruned %d delivered deliveries, %d dead letters and %d events past their"
+                " retention",
+                removed.deliveries,
+                removed.dead_letters,
+                removed.events,
+            )
+        return removed
 
     async def _watch_store(self) -> None:
         """A database deleted or replaced underneath the worker ends it (exit 1): going

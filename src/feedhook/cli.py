@@ -27,7 +27,7 @@ from feedhook.config import (
 from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings, SettingsError, load_settings
-from feedhook.store import SqliteStore, Status, StoreError
+from feedhook.store import PruneResult, SqliteStore, Status, Storage, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--all", action="store_true", help="every stored event that matches")
 
+    with_config(commands.add_parser("prune", help="remove finished work past its retention, once"))
+
     commands.add_parser(
         "healthcheck", help="exit 0 if the admin server of a running feedhook answers /healthz"
     )
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
         "demo": cmd_demo,
         "healthcheck": cmd_healthcheck,
+        "prune": cmd_prune,
         "send-test": cmd_send_test,
     }
     try:
@@ -229,6 +232,12 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    {signing}; timeout {sub.timeout:g}s; max_in_flight {sub.max_in_flight}")
     if not config.subscriptions:
         print("  (none: events will be stored but sent nowhere)")
+    retention = config.retention
+    dead = "forever" if retention.dead_letters is None else f"{retention.dead_letters:g}s"
+    print(
+        f"\nretention: delivered {retention.delivered:g}s, dead letters {dead},"
+        f" pruned every {retention.interval:g}s"
+    )
     return EXIT_OK
 
 
@@ -289,11 +298,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if args.config:
             raise
 
-    async def read() -> Status:
+    async def read() -> tuple[Status, Storage]:
         async with _open_existing(settings) as store:
-            return await store.status()
+            return await store.status(), await store.storage()
 
-    document = status_document(asyncio.run(read()), config)
+    status, storage = asyncio.run(read())
+    document = status_document(status, config, storage=storage)
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -306,12 +316,44 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    last ok:    {_when(s['last_success_at'])}")
         if s["last_error"]:
             print(f"    last error: {s['last_error']} at {_when(s['last_error_at'])}")
-    print("subscriptions:")
+    stored = document["storage"]
+    print(
+        f"stored: {stored['events']:,} events; database {_mb(stored['bytes'])}"
+        f" ({_mb(stored['free_bytes'])} free for reuse)"
+    )
+    print("subscriptions (delivered: since the start, pruning does not lower it):")
     width = max((len(n) for n in document["subscriptions"]), default=12)
     print(f"  {'name':<{width}}  {'pending':>9}  {'delivered':>9}  {'dead':>6}")
     for name, c in document["subscriptions"].items():
         gone = "  (no longer configured)" if not c["configured"] else ""
         print(f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}{gone}")
+    return EXIT_OK
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_048_576:,.1f} MB"
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    config = _load(args, settings)
+    retention = config.retention
+
+    async def act() -> tuple[PruneResult, Storage]:
+        async with _open_existing(settings) as store:
+            removed = await store.prune(time.time(), retention.delivered, retention.dead_letters)
+            return removed, await store.storage()
+
+    removed, storage = asyncio.run(act())
+    kept = "forever" if retention.dead_letters is None else f"{retention.dead_letters:g}s"
+    print(
+        f"pruned {removed.deliveries:,} delivered deliveries, {removed.dead_letters:,} dead"
+        f" letters and {removed.events:,} events (retention: delivered {retention.delivered:g}s,"
+        f" dead letters {kept})"
+    )
+    print(
+        f"stored: {storage.events:,} events; database {_mb(storage.bytes)}"
+        f" ({_mb(storage.free_bytes)} free, reused before the file grows)"
+    )
     return EXIT_OK
 
 

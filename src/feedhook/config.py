@@ -426,9 +426,31 @@ class SubscriptionConfig(_Model):
         return self
 
 
+def _duration_or_forever(value: object) -> float | None:
+    if value == "forever":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f"expected a duration like 30d, or forever; got {value!r}") from None
+
+
+class RetentionConfig(_Model):
+    """How long finished work is kept. Pruning never touches a delivery that is pending,
+    in flight or dead-lettered (until `dead_letters`), nor an event one of them needs."""
+
+    # Delivered deliveries, and events none of whose deliveries is pending or dead.
+    delivered: Duration = 7 * 86400.0
+    # Dead letters (and their deliveries); None: forever.
+    dead_letters: Annotated[float | None, BeforeValidator(_duration_or_forever)] = 30 * 86400.0
+    # How often `feedhook run` prunes.
+    interval: Duration = 600.0
+
+
 class Config(_Model):
     sources: dict[str, SourceConfig]
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
+    retention: RetentionConfig = RetentionConfig()
 
     def secret_values(self) -> set[str]:
         """Every secret in the config (passwords, keys, tokens, webhook secrets and the

@@ -43,6 +43,12 @@ class Metrics:
             ["source"],
             registry=registry,
         )
+        self.pruned = Counter(
+            "feedhook_pruned",
+            "Rows removed past their retention: deliveries, dead_letters, events",
+            ["what"],
+            registry=registry,
+        )
         self.ingest_restarts = Counter(
             "feedhook_ingest_restarts",
             "Times the ingest process died and was started again",

@@ -11,7 +11,7 @@ from typing import Any
 from feedhook.config import Config
 from feedhook.logs import redact
 from feedhook.sources.poller import SourceHealth
-from feedhook.store.base import DeadLetter, Status
+from feedhook.store.base import DeadLetter, Status, Storage
 
 
 def _iso(ts: float | None) -> str | None:
@@ -23,6 +23,7 @@ def status_document(
     config: Config | None,
     health: Mapping[str, SourceHealth] | None = None,
     now: float | None = None,
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
     """Per source: cursor, last poll, last error (and live state when running);
     per subscription: pending, delivered, dead letters."""
@@ -49,6 +50,12 @@ def status_document(
             "pending": counts.pending if counts else 0,
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
+        }
+    if storage is not None:
+        out["storage"] = {
+            "events": storage.events,
+            "bytes": storage.bytes,
+            "free_bytes": storage.free_bytes,
         }
     return out
 

@@ -334,6 +334,8 @@ class TeamHubFeed(HttpFeed):
                 moment = read_time(event.get("timestamp"))
                 if event_id in cursor.seen:
                     reached_known = True
+                    if moment is None:  # no time to age out by: kept while it is still listed
+                        cursor.seen[event_id] = cursor.newest or _EPOCH
                 elif cutoff is not None and moment is not None and moment < cutoff:
                     below_window = True
                     if not reached_known:  # above events we know: it arrived late

@@ -98,6 +98,27 @@ class SubscriptionCounts:
     dead_letter: int = 0
 
 
+@dataclass(slots=True)
+class PruneResult:
+    """What one pruning pass removed."""
+
+    deliveries: int = 0
+    dead_letters: int = 0
+    events: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.deliveries or self.dead_letters or self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """How much is stored: events kept, and the database's size and reusable free space."""
+
+    events: int
+    bytes: int
+    free_bytes: int
+
+
 @dataclass(frozen=True)
 class Status:
     sources: dict[str, SourceState] = field(default_factory=dict)
@@ -148,6 +169,21 @@ class Store(Protocol):
         self, ids: Sequence[int] | None, subscription: str | None, now: float
     ) -> int: ...
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int: ...
+    async def prune(
+        self, now: float, delivered_for: float, dead_letters_for: float | None
+    ) -> PruneResult:
+        """Remove finished work older than the retention: delivered deliveries (and dead
+        ones whose dead letter is gone) finished more than `delivered_for` seconds ago,
+        dead letters older than `dead_letters_for` (None: kept forever) with their
+        deliveries, and events older than `delivered_for` that no delivery refers to.
+        Never a pending or in-flight delivery. In short transactions; the lifetime
+        `delivered` count is not lowered."""
+        ...
+
+    async def storage(self) -> Storage:
+        """Events kept, and the database's size and free space (for status, not scraped)."""
+        ...
+
     async def stored_events(
         self,
         after: int,

@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,10 @@ from feedhook.store.base import (
     Delivery,
     IngestItem,
     Outcome,
+    PruneResult,
     SourceState,
     Status,
+    Storage,
     StoredEvent,
     StoreError,
     SubscriptionCounts,
@@ -148,6 +150,17 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX deliveries_in_flight;
     CREATE INDEX deliveries_claimed ON deliveries (claim) WHERE state = 'in_flight';
     """,
+    # Retention: pruning removes delivered rows without lowering the delivered count (a
+    # lifetime total), and finds a delivery's dead letter by index.
+    """
+    CREATE INDEX dead_letters_by_delivery ON dead_letters (delivery_id);
+    DROP TRIGGER deliveries_counted_delete;
+    CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries
+        WHEN OLD.state != 'delivered' BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE subscription = OLD.subscription
+            AND state = iif(OLD.state = 'in_flight', 'pending', OLD.state);
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -156,6 +169,10 @@ INSERT_CHUNK = 500  # rows per multi-row INSERT: 3,000 parameters, far below SQL
 # Rows per transaction in bulk operator commands (replay, dead-letter replay and purge):
 # a few milliseconds of write lock each, so deliveries and ingest never wait long.
 BULK_BATCH = 1000
+# Rows per transaction when pruning, which runs beside live work every few minutes:
+# smaller, so the writer beside it waits at most tens of milliseconds (measured in
+# tests/test_retention.py: 54-79 ms at 250, 129-179 ms at 1,000).
+PRUNE_BATCH = 250
 
 
 # SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries: a lock freed just
@@ -764,6 +781,102 @@ class SqliteStore:
             subscription,
             "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(:batch))",
         )
+
+    async def prune(
+        self, now: float, delivered_for: float, dead_letters_for: float | None
+    ) -> PruneResult:
+        """See Store.prune. Each step walks its table in id order (ids grow with time)
+        and stops at the first row too young to go: reads outside any transaction,
+        deletes PRUNE_BATCH rows per transaction, each re-checked inside it."""
+        result = PruneResult()
+        done_before = now - delivered_for
+        if dead_letters_for is not None:
+            dead_before = now - dead_letters_for
+            async for rows in self._walk(
+                "SELECT id, delivery_id, failed_at FROM dead_letters",
+                "id",
+                stop=lambda r: r[2] >= dead_before,
+            ):
+                old = [r for r in rows if r[2] < dead_before]
+                async with self._transaction() as db:
+                    await db.execute(
+                        "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(?))",
+                        (_json([r[0] for r in old]),),
+                    )
+                    await db.execute(
+                        "DELETE FROM deliveries WHERE state = 'dead'"
+                        " AND id IN (SELECT value FROM json_each(?))",
+                        (_json([r[1] for r in old]),),
+                    )
+                result.dead_letters += len(old)
+        async for rows in self._walk(
+            "SELECT d.id, d.state, d.updated_at, d.created_at,"
+            " EXISTS (SELECT 1 FROM dead_letters x WHERE x.delivery_id = d.id) FROM deliveries d",
+            "d.id",
+            stop=lambda r: r[3] >= done_before,
+        ):
+            old = [
+                r[0]
+                for r in rows
+                if r[2] < done_before and (r[1] == "delivered" or (r[1] == "dead" and not r[4]))
+            ]
+            if not old:
+                continue
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND (state = 'delivered' OR (state = 'dead' AND NOT EXISTS"
+                    " (SELECT 1 FROM dead_letters x WHERE x.delivery_id = deliveries.id)))",
+                    (_json(old),),
+                )
+                result.deliveries += cursor.rowcount
+        async for rows in self._walk(
+            "SELECT e.id, e.ingested_at,"
+            " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) FROM events e",
+            "e.id",
+            stop=lambda r: r[1] >= done_before,
+        ):
+            old = [r[0] for r in rows if r[1] < done_before and not r[2]]
+            if not old:
+                continue
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                    (_json(old),),
+                )
+                result.events += cursor.rowcount
+        return result
+
+    async def _walk(
+        self, select: str, table_id: str, stop: Callable[[Any], bool]
+    ) -> AsyncIterator[list[Any]]:
+        """Pages of PRUNE_BATCH rows of `select` (whose first column is `table_id`) in id
+        order, until a row for which `stop` holds."""
+        after = 0
+        while True:
+            rows = list(
+                await self.db.execute_fetchall(
+                    f"{select} WHERE {table_id} > ? ORDER BY {table_id} LIMIT ?",
+                    (after, PRUNE_BATCH),
+                )
+            )
+            if not rows:
+                return
+            cut = next((i for i, row in enumerate(rows) if stop(row)), None)
+            page = rows if cut is None else rows[:cut]
+            if page:
+                yield page
+            if cut is not None:
+                return
+            after = rows[-1][0]
+
+    async def storage(self) -> Storage:
+        (events,) = await self._one(self.db, "SELECT count(*) FROM events")
+        (pages,) = await self._one(self.db, "PRAGMA page_count")
+        (free,) = await self._one(self.db, "PRAGMA freelist_count")
+        (size,) = await self._one(self.db, "PRAGMA page_size")
+        return Storage(events=events, bytes=pages * size, free_bytes=free * size)
 
     async def stored_events(
         self,
