@@ -186,3 +186,42 @@ async def test_a_database_deleted_or_replaced_while_running_stops_the_worker(
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()
+
+
+async def test_feedhook_db_takes_a_sqlite_url(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """FEEDHOOK_DB=sqlite:///path names the same file as the plain path: `run` writes
+    it (ingest process included) and `status` reads it."""
+    sequence_feed.add_events(3)
+    _config(cli, sequence_feed, receiver)
+    cli.env["FEEDHOOK_DB"] = f"sqlite:///{cli.db}"  # an absolute path: four slashes
+    proc = await cli.start("run")
+    try:
+        await eventually(lambda: len(receiver.ok()) == 3, what="deliveries")
+    finally:
+        proc.terminate()
+        await proc.communicate()
+    assert cli.db.exists()
+    code, out, _ = await cli.run("status", "--json")
+    assert code == 0 and '"delivered": 3' in out
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://feedhook:pw@127.0.0.1:5432/feedhook", "names a PostgreSQL database"),
+        ("redis://127.0.0.1/0", "unknown kind of store redis://"),
+    ],
+)
+async def test_a_store_url_this_version_cannot_use_is_one_line(
+    cli: Cli, url: str, message: str
+) -> None:
+    """A URL for a kind of store this version does not have: exit 1, one line, and the
+    password in it never shown."""
+    cli.env["FEEDHOOK_DB"] = url
+    cli.write_config({"sources": {}})
+    code, _, err = await cli.run("run", timeout=10)
+    lines = [line for line in err.splitlines() if not line.startswith("{")]
+    assert code == 1 and len(lines) == 1 and message in lines[0], err
+    assert ":pw@" not in err

@@ -108,7 +108,7 @@ async def test_pruning_a_large_backlog_keeps_the_lock_short(cli: Cli) -> None:
     took = time.monotonic() - started
     assert code == 0, err
     assert "pruned 300,000 delivered deliveries, 0 dead letters and 300,000 events" in out
-    assert len(waits) > 50 and max(waits) < 0.2, (max(waits), took)
+    assert len(waits) > 50 and max(waits) < 0.5, (max(waits), took)
     waits.sort()
     print(
         f"\nprune of 300,000: {took:.1f}s; the writer beside it waited"

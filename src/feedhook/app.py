@@ -58,7 +58,7 @@ class PollMeter:
 class Worker:
     """Tails every source into the store and delivers what is due, until `stop()`.
 
-    With `ingest_db` (the path of the database `store` has open), the pollers run in an
+    With `ingest_store` (the URL of the store `store` has open), the pollers run in an
     ingest process of their own; without, in this one."""
 
     def __init__(
@@ -68,14 +68,14 @@ class Worker:
         grace: float = 8.0,
         metrics: Metrics | None = None,
         config_path: str | Path | None = None,
-        ingest_db: str | Path | None = None,
+        ingest_store: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.grace = grace
         self.metrics = metrics or Metrics()
         self.config_path = config_path
-        self.ingest_db = ingest_db
+        self.ingest_store = ingest_store
         self.dispatcher: Dispatcher | None = None
         self.ingest: Tails | IngestProcess | None = None
         self.running = False
@@ -117,9 +117,9 @@ class Worker:
                 metrics=self.metrics,
             )
             self.dispatcher = dispatcher
-            if self.ingest_db is not None:
+            if self.ingest_store is not None:
                 ingest: Tails | IngestProcess = IngestProcess(
-                    self.config, str(self.ingest_db), meter, self.metrics.ingest_restarts.inc
+                    self.config, self.ingest_store, meter, self.metrics.ingest_restarts.inc
                 )
             else:
                 ingest = Tails(self.config, self.store, meter)
@@ -135,7 +135,7 @@ class Worker:
                     "feedhook %s running: %d sources%s, %d subscriptions",
                     __version__,
                     len(self.config.sources),
-                    " (in an ingest process)" if self.ingest_db is not None else "",
+                    " (in an ingest process)" if self.ingest_store is not None else "",
                     len(self.config.subscriptions),
                 )
                 await self._stop.wait()

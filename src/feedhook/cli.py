@@ -27,7 +27,15 @@ from feedhook.config import (
 from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document
 from feedhook.settings import Settings, SettingsError, load_settings
-from feedhook.store import PruneResult, SqliteStore, Status, Storage, StoreError
+from feedhook.store import (
+    PruneResult,
+    Status,
+    Storage,
+    Store,
+    StoreError,
+    open_store,
+    sqlite_path,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -181,13 +189,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         admin = AdminServer(runtime, settings)
         await admin.start()  # health answers while the store opens; readiness waits
         try:
-            async with SqliteStore(settings.db, exclusive=True, verify=True) as store:
+            async with open_store(settings.db, holder=True) as store:
                 worker = Worker(
                     config,
                     store,
                     grace=args.grace,
                     config_path=path,
-                    ingest_db=settings.db if settings.ingest_process else None,
+                    ingest_store=settings.db if settings.ingest_process else None,
                 )
                 runtime.worker = worker
                 with signal_handlers(worker):
@@ -267,12 +275,13 @@ def _filter_warnings(name: str, sub: SubscriptionConfig, config: Config) -> list
 # --- status and dead letters ---------------------------------------------------------
 
 
-def _open_existing(settings: Settings) -> SqliteStore:
-    if settings.db != ":memory:" and not os.path.exists(settings.db):
-        raise UsageError(
-            f"no database at {settings.db}; set FEEDHOOK_DB to the file `feedhook run` uses"
-        )
-    return SqliteStore(settings.db)
+def _open_existing(settings: Settings) -> Store:
+    """The store of a `feedhook run` for the read-only and operator commands, which never
+    create one."""
+    path = sqlite_path(settings.db)
+    if path is not None and path != ":memory:" and not os.path.exists(path):
+        raise UsageError(f"no database at {path}; set FEEDHOOK_DB to the file `feedhook run` uses")
+    return open_store(settings.db)
 
 
 def _when(iso: str | None) -> str:

@@ -21,7 +21,7 @@ from feedhook.config import parse_config
 from feedhook.delivery.signing import Signer
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
 from feedhook.sim.receiver import Received
-from feedhook.store import SqliteStore
+from feedhook.store import Store, open_store
 
 SUBSCRIPTIONS: dict[str, dict[str, Any]] = {
     "everything": {"types": ["*"]},
@@ -147,7 +147,7 @@ async def run_demo(events: int, duration: float) -> int:
     print()
 
     with tempfile.TemporaryDirectory(prefix="feedhook-demo-") as tmp:
-        async with SqliteStore(Path(tmp) / "demo.db") as store:
+        async with open_store(str(Path(tmp) / "demo.db")) as store:
             worker = Worker(config, store, grace=2.0)
             run = asyncio.create_task(worker.run(), name="worker")
             with signal_handlers(worker):
@@ -179,9 +179,7 @@ async def run_demo(events: int, duration: float) -> int:
     return 0 if settled else 1
 
 
-async def _settle(
-    store: SqliteStore, receiver: Receiver, published: set[str], deadline: float
-) -> bool:
+async def _settle(store: Store, receiver: Receiver, published: set[str], deadline: float) -> bool:
     """Wait until every published event reached `everything` and no delivery is pending."""
     while time.time() < deadline:
         received = {r.webhook_id for r in receiver.ok("everything")}

@@ -37,7 +37,7 @@ from feedhook.config import Config
 from feedhook.process import run_async, tune_gc
 from feedhook.settings import Settings
 from feedhook.sources.poller import PollObserver, PollReport, SourceHealth
-from feedhook.store import SqliteStore
+from feedhook.store import open_store
 from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
@@ -55,12 +55,12 @@ class IngestProcess:
     def __init__(
         self,
         config: Config,
-        db: str,
+        store_url: str,
         observer: PollObserver,
         on_restart: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
-        self.db = db
+        self.store_url = store_url
         self.observer = observer
         self.on_restart = on_restart
         self.health: dict[str, SourceHealth] = {}
@@ -117,7 +117,7 @@ class IngestProcess:
             sys.executable,
             "-m",
             "feedhook.ingest_process",
-            self.db,
+            self.store_url,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
@@ -220,7 +220,7 @@ async def _receive(reader: asyncio.StreamReader) -> Config | None:
     return config
 
 
-async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
+async def _child(store_url: str, reports: IO[bytes], admin_token: str) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -228,7 +228,7 @@ async def _child(db: str, reports: IO[bytes], admin_token: str) -> int:
     if config is None:
         return 0
     logs.redact.update(config.secret_values() | {admin_token})
-    async with SqliteStore(db) as store:
+    async with open_store(store_url) as store:
         tails = Tails(config, store, PipeReporter(reports))
 
         async def listen() -> None:

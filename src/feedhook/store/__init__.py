@@ -1,8 +1,9 @@
 """The durable outbox: events, deliveries, dead letters and cursors behind one small interface.
 
-The interface is deliberately narrow so a PostgreSQL implementation (claims with
-FOR UPDATE SKIP LOCKED, one poller per source by advisory lock) can follow without
-touching the rest of feedhook.
+`base.py` is the contract; `open_store(url)` is the one way to get a store: the URL's
+scheme picks the implementation (a file path or `sqlite:///path` is SQLite). The
+interface is narrow so a PostgreSQL implementation (claims with FOR UPDATE SKIP LOCKED,
+one poller per source by advisory lock) can follow without touching the rest.
 """
 
 from feedhook.store.base import (
@@ -21,6 +22,40 @@ from feedhook.store.base import (
 )
 from feedhook.store.sqlite import SqliteStore
 
+SQLITE_SCHEME = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The SQLite file a store URL names: a plain path, or `sqlite:///path` (relative;
+    `sqlite:////abs/path` for an absolute one, as SQLAlchemy writes them). None when the
+    URL names another kind of store."""
+    if url.startswith(SQLITE_SCHEME):
+        return url[len(SQLITE_SCHEME) :]
+    if "://" in url:
+        return None
+    return url
+
+
+def open_store(url: str, *, holder: bool = False) -> Store:
+    """The store a URL names, not yet opened (use `async with`). `holder`: this process
+    is the one `feedhook run` the store serves (SQLite: the holder lock, a check of the
+    file at open, and the watch on the file's identity)."""
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteStore(path, exclusive=holder, verify=holder)
+    if url.startswith(POSTGRES_SCHEMES):
+        raise StoreError(
+            "FEEDHOOK_DB names a PostgreSQL database, which this version of feedhook cannot"
+            " use yet; give it a SQLite file path (or sqlite:///path)"
+        )
+    scheme = url.split("://", 1)[0]
+    raise StoreError(
+        f"FEEDHOOK_DB: unknown kind of store {scheme}://; give a SQLite file path"
+        " (or sqlite:///path)"
+    )
+
+
 __all__ = [
     "DeadLetter",
     "Delivery",
@@ -35,4 +70,6 @@ __all__ = [
     "StoreError",
     "StoredEvent",
     "SubscriptionCounts",
+    "open_store",
+    "sqlite_path",
 ]

@@ -126,8 +126,19 @@ class Status:
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    """What the rest of feedhook may ask of a store. Times are passed in (seconds since
+    the epoch) wherever a method's meaning depends on them; the store reads the clock
+    itself only to stamp what it writes (`ingested_at`, `updated_at`)."""
+
+    async def open(self) -> None:
+        """Open, creating and migrating the schema as needed; StoreError with one line a
+        person can act on when the store cannot be used. Nothing is left running after
+        a failure."""
+
     async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Store: ...
+    async def __aexit__(self, *exc: object) -> None: ...
 
     @property
     def locked_since(self) -> float | None:
