@@ -103,7 +103,7 @@ class Worker:
             self.dispatcher.wake()
 
     async def run(self) -> None:
-        recovered = await self.store.recover_in_flight()
+        recovered = await self.store.recover_in_flight(clock.now())
         if recovered:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
         meter = PollMeter(self.metrics, self._wake)
@@ -130,6 +130,7 @@ class Worker:
                 tasks.create_task(ingest.run(), name="ingest")
                 watch = tasks.create_task(self._watch_store(), name="store-watch")
                 pruning = tasks.create_task(self._prune_every_interval(), name="prune")
+                leases = tasks.create_task(self._keep_leases(), name="leases")
                 self.running = True
                 log.info(
                     "feedhook %s running: %d sources%s, %d subscriptions",
@@ -145,9 +146,25 @@ class Worker:
                 dispatcher.stop()
                 watch.cancel()
                 pruning.cancel()
+                leases.cancel()
         log.info("stopped")
         if self.fatal is not None:
             raise StoreError(self.fatal)
+
+    async def _keep_leases(self) -> None:
+        """Renew this worker's claims a third of the way through their lease, and take
+        back claims whose owner stopped renewing (a worker that died)."""
+        while True:
+            await asyncio.sleep(self.store.lease / 3)
+            now = clock.now()
+            await self.store.renew(now)
+            if taken := await self.store.recover_in_flight(now):
+                log.warning(
+                    "%d deliveries claimed by a worker that stopped renewing its lease are"
+                    " due again",
+                    taken,
+                )
+                self._wake()
 
     async def _prune_every_interval(self) -> None:
         """Retention: finished work older than the config says goes, in short

@@ -20,6 +20,7 @@ from feedhook.store.base import (
     StoreError,
     SubscriptionCounts,
 )
+from feedhook.store.memory import MemoryDatabase, MemoryStore
 from feedhook.store.sqlite import SqliteStore
 
 SQLITE_SCHEME = "sqlite:///"
@@ -60,6 +61,8 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "IngestItem",
+    "MemoryDatabase",
+    "MemoryStore",
     "Outcome",
     "PruneResult",
     "SourceState",

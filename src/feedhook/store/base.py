@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from feedhook.envelope import Envelope
+
+# How long a claim stays its owner's without renewal (the worker renews a third of the way).
+DEFAULT_LEASE = 30.0
+
+
+def new_owner() -> str:
+    """A claim owner's id: this process, on this host, from this start (never reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{time.time_ns():x}"
 
 
 class StoreError(Exception):
@@ -161,8 +172,22 @@ class Store(Protocol):
 
     async def record_poll_error(self, source: str, at: float, error: str) -> None: ...
 
-    # deliveries
-    async def recover_in_flight(self) -> int: ...
+    # deliveries: claims are owned. Each store (a worker's connection) has an `owner` id;
+    # a claim records it with a lease, `lease` seconds ahead, that the owner renews.
+
+    owner: str
+    lease: float
+
+    async def recover_in_flight(self, now: float) -> int:
+        """Claims whose owner is gone become pending again, and their count is returned:
+        those whose lease ran out before `now`, and those of owners the store knows to be
+        gone (SQLite's holder: every other owner). A live owner's claims are left alone."""
+        ...
+
+    async def renew(self, now: float) -> int:
+        """Extend this owner's leases to `now + lease`; returns how many it holds."""
+        ...
+
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]: ...
     async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]: ...
     async def release(self, ids: Sequence[int]) -> None: ...

@@ -33,6 +33,7 @@ import orjson
 
 from feedhook import clock
 from feedhook.store.base import (
+    DEFAULT_LEASE,
     DeadLetter,
     Delivery,
     IngestItem,
@@ -44,6 +45,7 @@ from feedhook.store.base import (
     StoredEvent,
     StoreError,
     SubscriptionCounts,
+    new_owner,
 )
 
 log = logging.getLogger("feedhook.store")
@@ -161,6 +163,11 @@ MIGRATIONS: tuple[str, ...] = (
             AND state = iif(OLD.state = 'in_flight', 'pending', OLD.state);
     END;
     """,
+    # Owned claims: who holds an in-flight delivery, and until when (a lease it renews).
+    """
+    ALTER TABLE deliveries ADD COLUMN owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN lease_until REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -265,9 +272,18 @@ class SqliteStore:
     out, and `check_identity()` notices the file being deleted or replaced. Read-only
     commands and the ingest process open it without."""
 
-    def __init__(self, path: str | Path, *, exclusive: bool = False, verify: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        exclusive: bool = False,
+        verify: bool = False,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
         self.path = str(path)
         self.exclusive = exclusive
+        self.owner = new_owner()
+        self.lease = lease
         self.verify = verify  # quick_check the file at open (feedhook run)
         self._db: _Connection | None = None
         self._lock = asyncio.Lock()
@@ -533,11 +549,23 @@ class SqliteStore:
 
     # --- deliveries ------------------------------------------------------------------
 
-    async def recover_in_flight(self) -> int:
-        """Deliveries that were in flight when the last process died become due again."""
+    async def recover_in_flight(self, now: float) -> int:
+        """See Store.recover_in_flight. The holder (`exclusive`) also takes back every
+        other owner's claims: its lock proves their process gone."""
         async with self._transaction() as db:
             cursor = await db.execute(
-                "UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'"
+                "UPDATE deliveries SET state = 'pending', owner = NULL WHERE state = 'in_flight'"
+                " AND (lease_until IS NULL OR lease_until < ? OR (? AND owner IS NOT ?))",
+                (now, self.exclusive, self.owner),
+            )
+            return cursor.rowcount
+
+    async def renew(self, now: float) -> int:
+        """See Store.renew."""
+        async with self._lock:
+            cursor = await self.db.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE state = 'in_flight' AND owner = ?",
+                (now + self.lease, self.owner),
             )
             return cursor.rowcount
 
@@ -570,8 +598,9 @@ class SqliteStore:
         async with self._lock:
             db = self.db
             await db.execute(
-                f"UPDATE deliveries SET state = 'in_flight', claim = ? WHERE id IN ({picks})",
-                params,
+                "UPDATE deliveries SET state = 'in_flight', claim = ?, owner = ?,"
+                f" lease_until = ? WHERE id IN ({picks})",
+                [params[0], self.owner, now + self.lease, *params[1:]],
             )
             meta, bodies = await self._one(
                 db,
@@ -608,9 +637,9 @@ class SqliteStore:
         """Claimed deliveries that were never sent go back to pending."""
         async with self._lock:
             await self.db.execute(
-                "UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'"
-                " AND id IN (SELECT value FROM json_each(?))",
-                (_json(list(ids)),),
+                "UPDATE deliveries SET state = 'pending', owner = NULL WHERE state = 'in_flight'"
+                " AND owner = ? AND id IN (SELECT value FROM json_each(?))",
+                (self.owner, _json(list(ids))),
             )
 
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
@@ -647,8 +676,10 @@ class SqliteStore:
             " next_attempt_at = coalesce(o.value ->> 4, deliveries.next_attempt_at),"
             " last_status = o.value ->> 5, last_error = o.value ->> 6"
             " FROM json_each(?) AS o WHERE deliveries.id = o.value ->> 0"
+            # Only claims still ours: one whose lease ran out may be another's by now.
+            " AND deliveries.state = 'in_flight' AND deliveries.owner = ?"
         )
-        params = (_json(rows),)
+        params = (_json(rows), self.owner)
         if not dead:  # the hot path: one statement is its own transaction
             async with self._lock:
                 await self.db.execute(update, params)
@@ -659,7 +690,9 @@ class SqliteStore:
                 "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
                 " attempts, status_code, reason, response_body, failed_at)"
                 " SELECT d.id, d.subscription, e.envelope_id, e.type, ?, ?, ?, ?, ?"
-                " FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+                " FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?"
+                " AND d.state = 'dead' AND d.owner = ? AND NOT EXISTS"
+                " (SELECT 1 FROM dead_letters x WHERE x.delivery_id = d.id)",
                 [
                     (
                         o.attempts,
@@ -668,6 +701,7 @@ class SqliteStore:
                         o.response_body,
                         o.at,
                         o.delivery_id,
+                        self.owner,
                     )
                     for o in dead
                 ],

@@ -1,18 +1,19 @@
-"""The SQLite outbox: one transaction per page, claims, batched outcomes, dead letters."""
+"""The store contract: every implementation passes the same tests (SQLite and the
+in-memory twin). Implementation-specific behaviour (migrations, locks, triggers, the
+holder lock) is tested beside each implementation."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from feedhook.envelope import make_envelope
-from feedhook.store import IngestItem, Outcome, SqliteStore, StoreError
-from feedhook.store.sqlite import SCHEMA_VERSION
+from feedhook.store import IngestItem, MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store
 
 
 def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
@@ -27,13 +28,43 @@ def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
     return IngestItem(str(n), envelope, subs)
 
 
+class Stores:
+    """Opens stores of one kind over one database: several workers sharing it."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.path = tmp_path / "contract.db"
+        self.memory = MemoryDatabase()
+        self.opened: list[Store] = []
+
+    async def open(self, **options: float) -> Store:
+        store: Store
+        if self.kind == "sqlite":
+            store = SqliteStore(self.path, **options)  # type: ignore[arg-type]
+        else:
+            store = MemoryStore(self.memory, **options)  # type: ignore[arg-type]
+        await store.open()
+        self.opened.append(store)
+        return store
+
+    async def close(self) -> None:
+        for store in self.opened:
+            await store.close()
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    opened = Stores(request.param, tmp_path)
+    yield opened
+    await opened.close()
+
+
 @pytest.fixture
-async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with SqliteStore(tmp_path / "t.db") as s:
-        yield s
+async def store(stores: Stores) -> Store:
+    return await stores.open()
 
 
-async def test_ingest_is_idempotent_per_upstream_id(store: SqliteStore) -> None:
+async def test_ingest_is_idempotent_per_upstream_id(store: Store) -> None:
     """Re-reading a page never creates a second event or a second delivery."""
     assert len(await store.ingest("seq", [item(1, ("a", "b")), item(2)], "2")) == 2
     fresh = await store.ingest("seq", [item(2), item(3)], "3")
@@ -44,7 +75,7 @@ async def test_ingest_is_idempotent_per_upstream_id(store: SqliteStore) -> None:
     assert status.subscriptions["b"].pending == 1
 
 
-async def test_ingest_is_one_transaction(store: SqliteStore) -> None:
+async def test_ingest_is_one_transaction(store: Store) -> None:
     """A failure mid-page leaves neither the events nor the cursor behind."""
     await store.ingest("seq", [item(1)], "1")
     with pytest.raises(KeyError):
@@ -59,7 +90,7 @@ async def test_ingest_is_one_transaction(store: SqliteStore) -> None:
     assert len(await store.ingest("seq", [item(2)], "2")) == 1  # the connection still works
 
 
-async def test_claim_complete_and_recover(store: SqliteStore) -> None:
+async def test_claim_complete_and_recover(store: Store) -> None:
     """Claimed rows are in flight; outcomes are applied in one batch; a restart re-queues."""
     await store.ingest("seq", [item(n) for n in range(1, 6)], "5")
     claimed = await store.claim_due("a", now=1e12, limit=3)
@@ -91,7 +122,8 @@ async def test_claim_complete_and_recover(store: SqliteStore) -> None:
     )
     counts = (await store.status()).subscriptions["a"]
     assert (counts.delivered, counts.dead, counts.pending) == (1, 1, 3)
-    assert await store.recover_in_flight() == 2
+    assert await store.recover_in_flight(now=1e12) == 0  # ours, leased: left alone
+    assert await store.recover_in_flight(now=1e13) == 2  # the lease ran out
     assert await store.next_due_at(["a"]) is not None
     assert await store.next_due_at(["nobody"]) is None
     dead = await store.list_dead()
@@ -100,7 +132,7 @@ async def test_claim_complete_and_recover(store: SqliteStore) -> None:
     ]
 
 
-async def test_dead_letter_replay_and_purge(store: SqliteStore) -> None:
+async def test_dead_letter_replay_and_purge(store: Store) -> None:
     """Replay puts the delivery back with a fresh budget; purge forgets it."""
     await store.ingest("seq", [item(1), item(2), item(3, ("b",))], "3")
     deliveries = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
@@ -117,7 +149,7 @@ async def test_dead_letter_replay_and_purge(store: SqliteStore) -> None:
     assert await store.list_dead() == []
 
 
-async def test_dead_letters_page(store: SqliteStore) -> None:
+async def test_dead_letters_page(store: Store) -> None:
     """list_dead pages by id and filters by subscription."""
     await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 5)], "4")
     claimed = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
@@ -128,7 +160,7 @@ async def test_dead_letters_page(store: SqliteStore) -> None:
     assert {d.subscription for d in await store.list_dead("b")} == {"b"}
 
 
-async def test_concurrent_transactions_do_not_interleave(store: SqliteStore) -> None:
+async def test_concurrent_transactions_do_not_interleave(store: Store) -> None:
     """Ingest and completions from different tasks share one connection safely."""
     await store.ingest("seq", [item(n) for n in range(1, 201)], "200")
 
@@ -147,21 +179,7 @@ async def test_concurrent_transactions_do_not_interleave(store: SqliteStore) -> 
     assert counts.delivered + counts.pending == 700
 
 
-async def test_schema_version_and_newer_database(tmp_path: Path) -> None:
-    """The schema is versioned; a database from a newer feedhook is refused clearly."""
-    path = tmp_path / "v.db"
-    async with SqliteStore(path):
-        pass
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match="newer than this feedhook understands"):
-        async with SqliteStore(path):
-            pass
-
-
-async def test_replay_events_on_purpose(store: SqliteStore) -> None:
+async def test_replay_events_on_purpose(store: Store) -> None:
     """Stored events are queued again for a subscription: new pairs are created, delivered
     and dead ones reset (dead letters cleared), in-flight ones left alone."""
     items = [item(n) for n in range(1, 5)]
@@ -188,77 +206,7 @@ async def test_replay_events_on_purpose(store: SqliteStore) -> None:
     assert [e.envelope_id for e in await store.stored_events(jobs[1].id, 1)] == ["seq:3"]
 
 
-def truth(path: Path) -> dict[tuple[str, str], int]:
-    with sqlite3.connect(path) as db:
-        rows = db.execute(
-            "SELECT subscription, iif(state = 'in_flight', 'pending', state), count(*)"
-            " FROM deliveries GROUP BY 1, 2"
-            " UNION ALL SELECT subscription, 'dead_letter', count(*) FROM dead_letters GROUP BY 1"
-        ).fetchall()
-    return {(s, st): n for s, st, n in rows}
-
-
-def counted(counts: dict) -> dict[tuple[str, str], int]:  # type: ignore[type-arg]
-    states = ("pending", "delivered", "dead", "dead_letter")
-    return {
-        (name, state): getattr(c, state)
-        for name, c in counts.items()
-        for state in states
-        if getattr(c, state)
-    }
-
-
-async def test_trigger_counts_match_the_rows(tmp_path: Path) -> None:
-    """The per-subscription counts kept by triggers equal a full count at every step."""
-    path = tmp_path / "c.db"
-    async with SqliteStore(path) as store:
-        await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 21)], "20")
-        assert counted(await store.counts()) == truth(path)
-        claimed = await store.claim_due("a", 1e12, 15)
-        assert counted(await store.counts()) == truth(path)
-        await store.complete(
-            [Outcome(d.id, "delivered", 1, at=1.0) for d in claimed[:5]]
-            + [Outcome(d.id, "dead", 1, at=1.0, reason="x") for d in claimed[5:10]]
-            + [Outcome(d.id, "retry", 1, at=1.0, next_attempt_at=0) for d in claimed[10:]]
-        )
-        assert counted(await store.counts()) == truth(path)
-        letters = await store.list_dead()
-        await store.replay_dead([letters[0].id], None, 2.0)
-        await store.purge_dead([letters[1].id], None)
-        await store.enqueue("c", [e.id for e in await store.stored_events(0, 100)], 3.0)
-        (nine,) = await store.stored_events(0, 100, envelope_ids=["seq:9"])
-        await store.enqueue("a", [nine.id], 3.0)
-        assert counted(await store.counts()) == truth(path)
-        assert (await store.counts())["a"].dead_letter == 2
-
-
-async def test_migration_backfills_counts(tmp_path: Path) -> None:
-    """A database from schema version 1 gains the counts of the rows it already has."""
-    from feedhook.store import sqlite as module
-
-    path = tmp_path / "old.db"
-    original = module.MIGRATIONS
-    module.MIGRATIONS = original[:1]
-    module.SCHEMA_VERSION = 1
-    try:
-        async with SqliteStore(path) as store:
-            await store.ingest("seq", [item(n, ("a",)) for n in range(1, 6)], "5")
-            # Written as that version's code did: one dead, one in flight.
-            await store.db.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1")
-            await store.db.execute("UPDATE deliveries SET state = 'in_flight' WHERE id = 2")
-            await store.db.execute(
-                "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
-                " attempts, reason, failed_at) VALUES (1, 'a', 'seq:1', 't', 1, 'x', 1.0)"
-            )
-    finally:
-        module.MIGRATIONS = original
-        module.SCHEMA_VERSION = len(original)
-    async with SqliteStore(path) as store:
-        counts = (await store.counts())["a"]
-    assert (counts.pending, counts.dead, counts.dead_letter) == (4, 1, 1)
-
-
-async def test_one_claim_serves_many_subscriptions(store: SqliteStore) -> None:
+async def test_one_claim_serves_many_subscriptions(store: Store) -> None:
     """A claim for several lanes takes at most each lane's share, oldest first, and every
     body travels with its own delivery."""
     await store.ingest("seq", [item(n, ("a", "b", "c")) for n in range(1, 11)], "10")
@@ -275,55 +223,7 @@ async def test_one_claim_serves_many_subscriptions(store: SqliteStore) -> None:
     assert await store.claim({"a": 5, "c": 0}, now=1e12) == []
 
 
-async def test_a_task_cancelled_while_beginning_leaves_no_transaction_open(
-    tmp_path: Path,
-) -> None:
-    """A poller cancelled while its BEGIN is queued rolls back: later single-statement
-    writes (outcomes) are committed, not swallowed by a transaction nobody commits."""
-    path = tmp_path / "t.db"
-    async with SqliteStore(path) as store:
-        await store.ingest("seq", [item(1)], "1")
-        (claimed,) = await store.claim_due("a", 1e12, 10)
-        task = asyncio.create_task(store.ingest("seq", [item(2)], "2"))
-        await asyncio.sleep(0)  # the ingest now waits on its BEGIN
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await store.complete([Outcome(claimed.id, "delivered", 1, at=2.0, status_code=200)])
-    async with SqliteStore(path) as store:
-        counts = (await store.counts())["a"]
-        assert (counts.delivered, counts.pending) == (1, 0)
-        assert await store.get_cursor("seq") == "1"
-
-
-async def test_a_write_waits_for_another_process_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ingest and delivery write from two processes: a write that finds the database
-    locked waits for the lock and then lands; a lock held past LOCK_WAIT is waited out
-    too (never an exit), shown by `locked_since` and a warning, and the write lands."""
-    path = tmp_path / "t.db"
-    async with SqliteStore(path) as store:
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        writing = asyncio.ensure_future(store.ingest("seq", [item(1)], "1"))
-        await asyncio.sleep(0.2)
-        assert not writing.done()  # waiting for the lock, not failed
-        other.execute("COMMIT")
-        assert len(await asyncio.wait_for(writing, 5)) == 1
-
-        monkeypatch.setattr("feedhook.store.sqlite.LOCK_WAIT", 0.2)
-        other.execute("BEGIN IMMEDIATE")
-        writing = asyncio.ensure_future(store.ingest("seq", [item(2)], "2"))
-        await asyncio.sleep(0.6)
-        assert not writing.done() and store.locked_since is not None
-        other.execute("ROLLBACK")
-        other.close()
-        assert [i.upstream_id for i in await asyncio.wait_for(writing, 5)] == ["2"]
-        assert store.locked_since is None
-
-
-async def test_one_claim_serves_a_thousand_subscriptions(store: SqliteStore) -> None:
+async def test_one_claim_serves_a_thousand_subscriptions(store: Store) -> None:
     """1,000 lanes of different appetites in one claim: each gets its own earliest due
     deliveries, exactly as many as it asked for (SQLite's 500-term limit never applies)."""
     names = [f"s{i:04d}" for i in range(1000)]
@@ -340,30 +240,7 @@ async def test_one_claim_serves_a_thousand_subscriptions(store: SqliteStore) -> 
     assert await store.next_due_at(["nobody"]) is None
 
 
-async def test_a_holder_keeps_a_second_holder_out(tmp_path: Path) -> None:
-    """`exclusive` opens take the database's holder lock; a second one is refused with
-    the holder named, and the lock is free again once the first closes."""
-    path = tmp_path / "t.db"
-    async with SqliteStore(path, exclusive=True):
-        with pytest.raises(StoreError, match=r"is in use by another feedhook run \(pid \d+"):
-            await SqliteStore(path, exclusive=True).open()
-        async with SqliteStore(path) as reader:  # read-only commands still work
-            assert await reader.get_cursor("seq") is None
-    async with SqliteStore(path, exclusive=True):
-        pass
-
-
-async def test_a_deleted_database_is_noticed(tmp_path: Path) -> None:
-    """check_identity: fine while the file is the one opened; an error once it is gone."""
-    path = tmp_path / "t.db"
-    async with SqliteStore(path, exclusive=True) as store:
-        store.check_identity()
-        path.unlink()
-        with pytest.raises(StoreError, match="was deleted while feedhook was running"):
-            store.check_identity()
-
-
-async def test_prune_removes_finished_work_only(store: SqliteStore) -> None:
+async def test_prune_removes_finished_work_only(store: Store) -> None:
     """Past the retention: delivered deliveries go, then events nothing refers to; dead
     letters go after their own retention, with their deliveries. Pending and in-flight
     deliveries, their events and younger rows stay; the delivered count is a lifetime
@@ -398,3 +275,40 @@ async def test_prune_removes_finished_work_only(store: SqliteStore) -> None:
     assert (await store.storage()).events == 3
     # Nothing more to do: a second pass removes nothing.
     assert not await store.prune(now=base + 6000, delivered_for=1000.0, dead_letters_for=1000.0)
+
+
+async def test_a_worker_leaves_another_workers_live_claims_alone(stores: Stores) -> None:
+    """Claims are owned: a second worker's recovery and claims never touch the first's
+    while its lease runs; once the lease runs out they are taken back, and the first
+    worker's late outcome for them is ignored (the claim is no longer its)."""
+    first, second = await stores.open(lease=30.0), await stores.open(lease=30.0)
+    t = time.time() + 1  # after the rows' ingest: they are due
+    await first.ingest("seq", [item(n) for n in range(1, 6)], "5")
+    mine = await first.claim({"a": 3}, now=t + 0)
+    assert await second.recover_in_flight(now=t + 10) == 0
+    theirs = await second.claim({"a": 10}, now=t + 10)
+    assert [d.envelope_id for d in theirs] == ["seq:4", "seq:5"]
+    assert await first.renew(now=t + 20) == 3  # leases now run to t + 50
+    assert await second.recover_in_flight(now=t + 40) == 0
+    assert await second.renew(now=t + 40) == 2  # its own two, to t + 70
+    assert await second.recover_in_flight(now=t + 51) == 3  # first stopped renewing
+    await first.complete([Outcome(d.id, "delivered", 1, at=t + 52) for d in mine])
+    assert (await second.counts())["a"].delivered == 0  # the late outcome did not land
+    again = await second.claim({"a": 10}, now=t + 53)
+    assert [d.envelope_id for d in again] == ["seq:1", "seq:2", "seq:3"]
+    await second.complete([Outcome(d.id, "delivered", 1, at=t + 54) for d in again + theirs])
+    assert (await first.counts())["a"].delivered == 5
+
+
+async def test_release_and_outcomes_apply_to_ones_own_claims(stores: Stores) -> None:
+    """A worker cannot release or complete a delivery another worker holds."""
+    first, second = await stores.open(), await stores.open()
+    t = time.time() + 1
+    await first.ingest("seq", [item(1)], "1")
+    (held,) = await first.claim({"a": 1}, now=t + 0)
+    await second.release([held.id])
+    await second.complete([Outcome(held.id, "dead", 1, at=t + 1, reason="x")])
+    assert await second.list_dead() == []
+    assert await second.claim({"a": 1}, now=t + 2) == []  # still the first's
+    await first.release([held.id])
+    assert [d.id for d in await second.claim({"a": 1}, now=t + 3)] == [held.id]

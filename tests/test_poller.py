@@ -1,0 +1,134 @@
+"""The poller on the in-memory store, over a source that serves pages as told: cursor
+from the store, pages written with their routes, read-ahead, failures backed off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from feedhook.config import SubscriptionConfig
+from feedhook.envelope import make_envelope
+from feedhook.router import Router
+from feedhook.sources.base import FeedError, Page
+from feedhook.sources.poller import Poller, PollReport, SourceHealth
+from feedhook.store import MemoryStore
+
+from conftest import eventually
+
+
+class ListSource:
+    """A feed of `total` events served `size` a page; cursor = the last id read. Fails
+    with a FeedError for the first `failures` fetches."""
+
+    name = "seq"
+    poll_interval = 0.05
+    max_backoff = 0.05
+
+    def __init__(self, total: int, size: int = 10, failures: int = 0) -> None:
+        self.total, self.size, self.failures = total, size, failures
+        self.fetches: list[str] = []
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def initial_cursor(self) -> str:
+        return "0"
+
+    async def fetch(self, cursor: str) -> Page:
+        self.fetches.append(cursor)
+        if self.failures:
+            self.failures -= 1
+            raise FeedError("the simulated feed says no", cause="http_503")
+        start = int(cursor)
+        ids = range(start + 1, min(start + self.size, self.total) + 1)
+        events = [
+            (
+                str(n),
+                make_envelope(
+                    source_name="seq",
+                    upstream_id=str(n),
+                    source="https://x/api",
+                    type="sequence.job.created" if n % 2 else "sequence.asset.created",
+                    time=datetime.now(UTC),
+                    data={},
+                ),
+            )
+            for n in ids
+        ]
+        last = ids[-1] if ids else start
+        return Page(events=events, cursor=str(last), more=last < self.total)
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.written: list[PollReport] = []
+        self.failures: list[str] = []
+
+    def started(self, health: SourceHealth) -> None:
+        pass
+
+    def ingested(self, health: SourceHealth, report: PollReport) -> None:
+        self.written.append(report)
+
+    def failed(self, health: SourceHealth, cause: str) -> None:
+        self.failures.append(cause)
+
+
+def router(subscriptions: Mapping[str, list[str]]) -> Router:
+    return Router(
+        {
+            name: SubscriptionConfig.model_validate({"url": "https://r/x", "types": types})
+            for name, types in subscriptions.items()
+        }
+    )
+
+
+async def test_a_backlog_is_written_page_by_page_with_its_routes() -> None:
+    """95 events, 10 a page: all written once, routed per subscription, the cursor at
+    the last id; a failing first fetch is retried and counted, not fatal."""
+    store = MemoryStore()
+    source = ListSource(95, failures=1)
+    reports = Reports()
+    routes = router({"jobs": ["sequence.job.*"], "all": ["*"]})
+    poller = Poller(source, store, lambda: routes, reports)  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run())
+    try:
+
+        async def caught_up() -> bool:
+            return await store.get_cursor("seq") == "95"
+
+        await eventually(caught_up, timeout=5, what="the backlog")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    counts = await store.counts()
+    assert (counts["all"].pending, counts["jobs"].pending) == (95, 48)
+    assert reports.failures == ["http_503"]
+    assert sum(sum(r.types.values()) for r in reports.written) == 95
+    assert poller.health.last_success_at is not None and poller.health.cause is None
+    assert (await store.storage()).events == 95
+
+
+async def test_a_stored_cursor_is_where_polling_resumes() -> None:
+    """A restart reads from the stored cursor, not from the source's start."""
+    store = MemoryStore()
+    await store.set_cursor("seq", "50")
+    source = ListSource(60)
+    poller = Poller(source, store, lambda: router({}), Reports())  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run())
+    try:
+
+        async def caught_up() -> bool:
+            return await store.get_cursor("seq") == "60"
+
+        await eventually(caught_up, timeout=5, what="the rest")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert source.fetches[0] == "50"
+    (first, *_) = await store.stored_events(0, 100)
+    assert first.envelope_id == "seq:51"
