@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -418,3 +419,28 @@ async def test_a_thousand_subscriptions_and_a_hundred_sources_run(
     pairs = Counter((r.webhook_id, r.path) for r in receiver.ok())
     assert len(pairs) == 3000 and max(pairs.values()) == 1
     assert all(r.webhook_id.startswith(f"s{int(r.path[3:]) % 100:03d}:") for r in receiver.ok())
+
+
+async def test_read_only_commands_load_no_http_client_and_no_feed(cli: Cli) -> None:
+    """`status`, `check` (without filters) and `dlq list` start without importing aiohttp
+    or any feed: they stay quick on a busy host (`python -X importtime`)."""
+    async with SqliteStore(cli.db):
+        pass
+    cli.write_config({"sources": {}, "subscriptions": {}})
+    for args in (("status",), ("check",), ("dlq", "list")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "feedhook",
+            *args,
+            env=cli.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        modules = {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()}
+        assert not {m for m in modules if m.split(".")[0] == "aiohttp"}, args
+        assert not {m for m in modules if m.startswith("feedhook.sources")}, args

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 from feedhook.config import SubscriptionConfig
 from feedhook.envelope import make_envelope
+from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page
-from feedhook.sources.poller import Poller, PollReport, SourceHealth
+from feedhook.sources.poller import Poller, PollReport
 from feedhook.store import MemoryStore
 
 from conftest import eventually

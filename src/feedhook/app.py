@@ -18,9 +18,10 @@ from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
+from feedhook.health import SourceHealth
 from feedhook.ingest_process import IngestProcess
 from feedhook.metrics import Metrics
-from feedhook.sources.poller import PollReport, SourceHealth
+from feedhook.sources.poller import PollReport
 from feedhook.store.base import PruneResult, Store, StoreError
 from feedhook.tails import Tails
 

@@ -19,7 +19,6 @@ from feedhook.config import (
     ConfigError,
     SubscriptionConfig,
     check_glob,
-    describe_source,
     load_config,
     parse_duration,
     redact_url,
@@ -224,7 +223,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{path}: OK")
     print(f"\nsources ({len(config.sources)}):")
     for name, source in config.sources.items():
-        print(f"  {name}: {describe_source(source)}")
+        print(f"  {name}: {source.describe()}")
     print(f"\nsubscriptions ({len(config.subscriptions)}):")
     for name, sub in config.subscriptions.items():
         print(f"  {name} -> {redact_url(sub.url, query=True)}")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 import jmespath
@@ -174,7 +174,10 @@ class _Model(BaseModel):
 
 
 class SourceSettings(_Model):
-    """What every source kind has."""
+    """What every source kind has. Each kind's model also names the feed that reads it
+    (`module:Class`, imported only where feeds run) and describes itself for `check`."""
+
+    feed: ClassVar[str]
 
     url: HttpUrl
     poll_interval: Duration = 10.0
@@ -182,6 +185,20 @@ class SourceSettings(_Model):
     max_backoff: Duration = 300.0
     rate_limit: Rate = RateLimit(150, 30.0)
     start: str = "latest"
+
+    def describe(self) -> str:
+        """One line for `feedhook check`: what is read, from where, how often (no secrets)."""
+        kind = getattr(self, "kind", "?")
+        return (
+            f"{kind} at {redact_url(self.url)}{self._details()}, every {self.poll_interval:g}s,"
+            f" start {self.start}, rate limit {self.rate_limit}{self._filters()}"
+        )
+
+    def _details(self) -> str:
+        return ""
+
+    def _filters(self) -> str:
+        return ""
 
 
 class _LatestOrEarliest(SourceSettings):
@@ -193,7 +210,7 @@ class _LatestOrEarliest(SourceSettings):
         raise ValueError(f"expected latest or earliest, got {value!r}")
 
 
-class _BebanjoSource(SourceSettings):
+class _BebanjoConfig(SourceSettings):
     username: str = Field(min_length=1)
     password: SecretStr
     events_url: HttpUrl | None = None
@@ -213,6 +230,14 @@ class _BebanjoSource(SourceSettings):
             return value
         raise ValueError(f"expected latest, earliest or an event id, got {value!r}")
 
+    feed = "feedhook.sources.bebanjo:BebanjoFeed"
+
+    def _details(self) -> str:
+        return f" ({getattr(self, 'format', '?')})"
+
+    def _filters(self) -> str:
+        return f", event types {', '.join(self.event_types)}" if self.event_types else ""
+
     @field_validator("event_types")
     @classmethod
     def _event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -225,20 +250,21 @@ class _BebanjoSource(SourceSettings):
         return value
 
 
-class SequenceSource(_BebanjoSource):
+class SequenceConfig(_BebanjoConfig):
     kind: Literal["sequence"]
     format: Literal["json", "xml"] = "json"
 
 
-class MovidaSource(_BebanjoSource):
+class MovidaConfig(_BebanjoConfig):
     kind: Literal["movida"]
     format: Literal["xml"] = "xml"
 
 
-class TeamHubSource(_LatestOrEarliest):
+class TeamHubConfig(_LatestOrEarliest):
     """Helix TeamHub's company event feed (newest first, offset paging, header auth)."""
 
     kind: Literal["teamhub"]
+    feed = "feedhook.sources.teamhub:TeamHubFeed"
     company_key: SecretStr
     account_key: SecretStr
     project: str | None = None
@@ -251,8 +277,17 @@ class TeamHubSource(_LatestOrEarliest):
     # late with an earlier timestamp (a back-dated build, clock skew) is delivered once.
     overlap: Duration = 300.0
 
+    def _filters(self) -> str:
+        filters = [
+            f"{k}={v}"
+            for k in ("project", "operation", "target")
+            if (v := getattr(self, k)) is not None
+        ]
+        only = f", only {' '.join(filters)}" if filters else ""
+        return f", live events {self.live_events}{only}"
 
-class ModuloSource(_LatestOrEarliest):
+
+class ModuloConfig(_LatestOrEarliest):
     """Modulo Risk Manager workflow event updates, one feed per event code."""
 
     kind: Literal["modulo"]
@@ -268,6 +303,17 @@ class ModuloSource(_LatestOrEarliest):
     # commit) is still delivered, once.
     overlap: Duration = 300.0
 
+    feed = "feedhook.sources.modulo:ModuloFeed"
+
+    def _details(self) -> str:
+        auth = (
+            "static token"
+            if self.token is not None
+            else f"OAuth2 via {redact_url(self.token_url or '')}"
+        )
+        children = " (with child events)" if self.include_child_events else ""
+        return f", event codes {', '.join(self.event_codes)}{children}, {auth}"
+
     @field_validator("event_codes")
     @classmethod
     def _codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -279,7 +325,7 @@ class ModuloSource(_LatestOrEarliest):
         return value
 
     @model_validator(mode="after")
-    def _one_auth(self) -> ModuloSource:
+    def _one_auth(self) -> ModuloConfig:
         oauth = (self.token_url, self.client_id, self.client_secret)
         if self.token is not None and any(v is not None for v in oauth):
             raise ValueError("give either token, or token_url + client_id + client_secret")
@@ -296,34 +342,16 @@ class ModuloSource(_LatestOrEarliest):
         return self
 
 
+# The table of source kinds: one model per kind (its `kind` literal names it, its `feed`
+# says which module reads it). A new kind is a model here, a feed module in sources/, its
+# simulated upstream in sim/, and one more member of this union; the rest is derived.
 SourceConfig = Annotated[
-    SequenceSource | MovidaSource | TeamHubSource | ModuloSource, Field(discriminator="kind")
+    SequenceConfig | MovidaConfig | TeamHubConfig | ModuloConfig, Field(discriminator="kind")
 ]
-SOURCE_KINDS = ("sequence", "movida", "teamhub", "modulo")
-
-
-def describe_source(source: SequenceSource | MovidaSource | TeamHubSource | ModuloSource) -> str:
-    """One line for `feedhook check`: what is read, from where, how often (no secrets)."""
-    head = f"{source.kind} at {redact_url(source.url)}"
-    tail = f"every {source.poll_interval:g}s, start {source.start}, rate limit {source.rate_limit}"
-    if isinstance(source, SequenceSource | MovidaSource):
-        types = f", event types {', '.join(source.event_types)}" if source.event_types else ""
-        return f"{head} ({source.format}), {tail}{types}"
-    if isinstance(source, TeamHubSource):
-        filters = [
-            f"{k}={v}"
-            for k in ("project", "operation", "target")
-            if (v := getattr(source, k)) is not None
-        ]
-        only = f", only {' '.join(filters)}" if filters else ""
-        return f"{head}, {tail}, live events {source.live_events}{only}"
-    auth = (
-        "static token"
-        if source.token is not None
-        else f"OAuth2 via {redact_url(source.token_url or '')}"
-    )
-    children = " (with child events)" if source.include_child_events else ""
-    return f"{head}, event codes {', '.join(source.event_codes)}{children}, {auth}, {tail}"
+SOURCE_MODELS: tuple[type[SourceSettings], ...] = get_args(get_args(SourceConfig)[0])
+SOURCE_KINDS: tuple[str, ...] = tuple(
+    get_args(model.model_fields["kind"].annotation)[0] for model in SOURCE_MODELS
+)
 
 
 # --- subscriptions -------------------------------------------------------------------

@@ -34,9 +34,10 @@ import orjson
 
 from feedhook import clock, logs
 from feedhook.config import Config
+from feedhook.health import SourceHealth
 from feedhook.process import run_async, tune_gc
 from feedhook.settings import Settings
-from feedhook.sources.poller import PollObserver, PollReport, SourceHealth
+from feedhook.sources.poller import PollObserver, PollReport
 from feedhook.store import open_store
 from feedhook.tails import Tails
 

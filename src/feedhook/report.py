@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedhook.config import Config
+from feedhook.health import SourceHealth
 from feedhook.logs import redact
-from feedhook.sources.poller import SourceHealth
 from feedhook.store.base import DeadLetter, Status, Storage
 
 

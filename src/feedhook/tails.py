@@ -8,9 +8,10 @@ import contextlib
 from dataclasses import dataclass
 
 from feedhook.config import Config, SourceConfig
+from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources import Source, build_source
-from feedhook.sources.poller import Poller, PollObserver, SourceHealth
+from feedhook.sources.poller import Poller, PollObserver
 from feedhook.store.base import Store
 
 

@@ -1,21 +1,22 @@
-"""Upstream feeds, one module per family."""
+"""Upstream feeds, one module per family; which one reads a source is its config's
+`feed` (see config.SourceConfig, the table of kinds)."""
 
-from feedhook.config import ModuloSource, MovidaSource, SequenceSource, TeamHubSource
+import importlib
+from typing import Any
+
+from feedhook.config import SourceSettings
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.sources.bebanjo import BebanjoFeed
 from feedhook.sources.modulo import ModuloFeed
 from feedhook.sources.teamhub import TeamHubFeed
 
 
-def build_source(
-    name: str, config: SequenceSource | MovidaSource | TeamHubSource | ModuloSource
-) -> Source:
-    """The source implementation for a configured feed."""
-    if isinstance(config, TeamHubSource):
-        return TeamHubFeed(name, config)
-    if isinstance(config, ModuloSource):
-        return ModuloFeed(name, config)
-    return BebanjoFeed(name, config)
+def build_source(name: str, config: SourceSettings) -> Source:
+    """The feed that reads a configured source."""
+    module, _, cls = config.feed.partition(":")
+    feed: Any = getattr(importlib.import_module(module), cls)
+    source: Source = feed(name, config)
+    return source
 
 
 __all__ = [

@@ -17,7 +17,7 @@ import aiohttp
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from feedhook.config import MovidaSource, SequenceSource, redact_url
+from feedhook.config import MovidaConfig, SequenceConfig, redact_url
 from feedhook.envelope import Envelope, rfc3339_utc
 from feedhook.sources.base import (
     INVALID_UTF8,
@@ -224,10 +224,10 @@ def normalize(source_name: str, system: str, api_url: str, raw: RawEvent) -> Env
 class BebanjoFeed(HttpFeed):
     """One Sequence or Movida account's event feed."""
 
-    config: SequenceSource | MovidaSource
+    config: SequenceConfig | MovidaConfig
     credential_keys = "username and password"
 
-    def __init__(self, name: str, config: SequenceSource | MovidaSource) -> None:
+    def __init__(self, name: str, config: SequenceConfig | MovidaConfig) -> None:
         super().__init__(name, config)
         self.system = config.kind
         self.api_url = config.url.rstrip("/")

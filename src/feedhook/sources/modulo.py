@@ -28,8 +28,7 @@ from typing import Any
 import orjson
 
 from feedhook import clock
-from feedhook.config import ModuloSource as ModuloConfig
-from feedhook.config import redact_url
+from feedhook.config import ModuloConfig, redact_url
 from feedhook.envelope import Envelope
 from feedhook.sources.base import (
     INVALID_UTF8,

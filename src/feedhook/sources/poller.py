@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 import backoff
 
 from feedhook import clock, logs
+from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.store.base import IngestItem, Store
@@ -23,46 +24,10 @@ log = logging.getLogger("feedhook.source")
 T = TypeVar("T")
 
 
-# A source that keeps failing this long counts as failing (not merely retrying).
-FAILING_AFTER_POLLS = 3
-FAILING_AFTER_SECONDS = 300.0
 # Fetched but not yet written (lost, and read again, on a crash). Each page in memory
 # costs about half a megabyte of parsed events; 8 keep the ingest process near 64 MB while
 # catching up at 13-17 thousand events/s (20 pages: 78 MB for 10% more speed).
 READ_AHEAD_PAGES = 8
-
-
-@dataclass
-class SourceHealth:
-    """What the admin server and the metrics say about a source, kept by its poller."""
-
-    name: str
-    poll_interval: float
-    last_success_at: float | None = None
-    failing_since: float | None = None
-    last_error: str | None = None  # masked; for the token-guarded API and the logs
-    cause: str | None = None  # a short label (timeout, http_401, ...): safe to show anyone
-    newest_event_at: float | None = None
-
-    def state(self, now: float) -> str:
-        if self.failing_since is None:
-            return "ok" if self.last_success_at is not None else "starting"
-        limit = min(FAILING_AFTER_POLLS * self.poll_interval, FAILING_AFTER_SECONDS)
-        return "failing" if now - self.failing_since > limit else "retrying"
-
-    def to_json(self, now: float, detail: bool = True) -> dict[str, Any]:
-        """The source's live state; without `detail` (the unauthenticated /readyz) only
-        states, times and the cause's label: never a URL or an upstream's words."""
-        out: dict[str, Any] = {
-            "state": self.state(now),
-            "cause": self.cause,
-            "last_success_at": self.last_success_at,
-            "failing_since": self.failing_since,
-            "newest_event_at": self.newest_event_at,
-        }
-        if detail:
-            out["last_error"] = self.last_error
-        return out
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from typing import Any
 import orjson
 
 from feedhook import clock
-from feedhook.config import TeamHubSource as TeamHubConfig
-from feedhook.config import redact_url
+from feedhook.config import TeamHubConfig, redact_url
 from feedhook.envelope import Envelope, rfc3339_utc
 from feedhook.sources.base import (
     INVALID_UTF8,

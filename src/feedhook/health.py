@@ -1,0 +1,46 @@
+"""What is known about each source while feedhook runs: the one record of a source's
+health, written by its poller (and, while the ingest process keeps dying, by the main
+process), read by readiness, status and the metrics. No heavy imports: read-only
+commands load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# A source that keeps failing this long counts as failing (not merely retrying).
+FAILING_AFTER_POLLS = 3
+FAILING_AFTER_SECONDS = 300.0
+
+
+@dataclass
+class SourceHealth:
+    """What the admin server and the metrics say about a source, kept by its poller."""
+
+    name: str
+    poll_interval: float
+    last_success_at: float | None = None
+    failing_since: float | None = None
+    last_error: str | None = None  # masked; for the token-guarded API and the logs
+    cause: str | None = None  # a short label (timeout, http_401, ...): safe to show anyone
+    newest_event_at: float | None = None
+
+    def state(self, now: float) -> str:
+        if self.failing_since is None:
+            return "ok" if self.last_success_at is not None else "starting"
+        limit = min(FAILING_AFTER_POLLS * self.poll_interval, FAILING_AFTER_SECONDS)
+        return "failing" if now - self.failing_since > limit else "retrying"
+
+    def to_json(self, now: float, detail: bool = True) -> dict[str, Any]:
+        """The source's live state; without `detail` (the unauthenticated /readyz) only
+        states, times and the cause's label: never a URL or an upstream's words."""
+        out: dict[str, Any] = {
+            "state": self.state(now),
+            "cause": self.cause,
+            "last_success_at": self.last_success_at,
+            "failing_since": self.failing_since,
+            "newest_event_at": self.newest_event_at,
+        }
+        if detail:
+            out["last_error"] = self.last_error
+        return out
