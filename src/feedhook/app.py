@@ -1,7 +1,7 @@
 """The worker: the dispatcher and the pollers of every source, until stopped.
 
-The pollers run in this process (`Tails`) or in an ingest process of their own
-(`IngestProcess`, what `feedhook run` uses): either way they report each poll to the
+The pollers run in this process (`InProcessIngest`) or in a process of their own
+(`ChildProcessIngest`, what `feedhook run` uses): either way they report each poll to the
 worker, which counts it and wakes the dispatcher."""
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from feedhook import __version__, clock, logs
-from feedhook.config import Config, ConfigError, load_config
+from feedhook.config import Config, ConfigChanges, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.sender import new_session
 from feedhook.health import SourceHealth
-from feedhook.ingest_process import IngestProcess
+from feedhook.ingest import Ingest
+from feedhook.ingest.child import ChildProcessIngest
+from feedhook.ingest.local import InProcessIngest
 from feedhook.metrics import Metrics
 from feedhook.sources.poller import PollReport
 from feedhook.store.base import PruneResult, Store, StoreError
-from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
 
@@ -57,7 +58,7 @@ class PollMeter:
 
 
 class Worker:
-    """Tails every source into the store and delivers what is due, until `stop()`.
+    """Polls every source into the store and delivers what is due, until `stop()`.
 
     With `ingest_store` (the URL of the store `store` has open), the pollers run in an
     ingest process of their own; without, in this one."""
@@ -78,7 +79,7 @@ class Worker:
         self.config_path = config_path
         self.ingest_store = ingest_store
         self.dispatcher: Dispatcher | None = None
-        self.ingest: Tails | IngestProcess | None = None
+        self.ingest: Ingest | None = None
         self.running = False
         # Why the worker is stopping on its own (readiness says it while it does).
         self.fatal: str | None = None
@@ -119,11 +120,11 @@ class Worker:
             )
             self.dispatcher = dispatcher
             if self.ingest_store is not None:
-                ingest: Tails | IngestProcess = IngestProcess(
+                ingest: Ingest = ChildProcessIngest(
                     self.config, self.ingest_store, meter, self.metrics.ingest_restarts.inc
                 )
             else:
-                ingest = Tails(self.config, self.store, meter)
+                ingest = InProcessIngest(self.config, self.store, meter)
             self.ingest = ingest
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -204,7 +205,7 @@ class Worker:
 
     # --- live reload -----------------------------------------------------------------
 
-    async def reload(self, config: Config) -> dict[str, list[str]]:
+    async def reload(self, config: Config) -> ConfigChanges:
         """Apply a new, already validated config without dropping in-flight work.
 
         New subscriptions receive events ingested from now on; removed ones get no new
@@ -212,33 +213,14 @@ class Worker:
         new or changed (re)start from their stored cursor; removed ones stop.
         """
         async with self._reload_lock:
-            old = self.config
-            changes = {
-                "subscriptions_added": sorted(set(config.subscriptions) - set(old.subscriptions)),
-                "subscriptions_removed": sorted(set(old.subscriptions) - set(config.subscriptions)),
-                "subscriptions_changed": sorted(
-                    n
-                    for n in set(config.subscriptions) & set(old.subscriptions)
-                    if config.subscriptions[n] != old.subscriptions[n]
-                ),
-                "sources_added": sorted(set(config.sources) - set(old.sources)),
-                "sources_removed": sorted(set(old.sources) - set(config.sources)),
-                "sources_changed": sorted(
-                    n
-                    for n in set(config.sources) & set(old.sources)
-                    if config.sources[n] != old.sources[n]
-                ),
-            }
+            changes = ConfigChanges.between(self.config, config)
             self.config = config
             logs.redact.add(config.secret_values())
             if self.dispatcher is not None:
                 self.dispatcher.reconfigure(config.subscriptions)
             if self.ingest is not None:
                 await self.ingest.apply(config)
-            log.info(
-                "configuration reloaded: %s",
-                ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "nothing changed",
-            )
+            log.info("configuration reloaded: %s", "; ".join(changes.lines()) or "nothing changed")
             return changes
 
     async def reload_from_file(self) -> tuple[bool, list[str]]:
@@ -253,7 +235,7 @@ class Worker:
             log.error("reload rejected: the running configuration stays in force")
             return False, exc.errors
         changes = await self.reload(config)
-        return True, [f"{k}: {', '.join(v)}" for k, v in changes.items() if v]
+        return True, changes.lines()
 
     def reload_soon(self) -> None:
         """SIGHUP: reload in a supervised task."""

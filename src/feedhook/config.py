@@ -508,6 +508,35 @@ class Config(_Model):
         return found
 
 
+@dataclass(frozen=True)
+class ConfigChanges:
+    """What a reload changes: names of subscriptions and sources added, removed or
+    changed. The one place where two configs are compared."""
+
+    subscriptions_added: tuple[str, ...] = ()
+    subscriptions_removed: tuple[str, ...] = ()
+    subscriptions_changed: tuple[str, ...] = ()
+    sources_added: tuple[str, ...] = ()
+    sources_removed: tuple[str, ...] = ()
+    sources_changed: tuple[str, ...] = ()
+
+    @classmethod
+    def between(cls, old: Config, new: Config) -> ConfigChanges:
+        def diff(a: Mapping[str, object], b: Mapping[str, object]) -> tuple[tuple[str, ...], ...]:
+            return (
+                tuple(sorted(set(b) - set(a))),
+                tuple(sorted(set(a) - set(b))),
+                tuple(sorted(n for n in set(a) & set(b) if a[n] != b[n])),
+            )
+
+        subs, sources = diff(old.subscriptions, new.subscriptions), diff(old.sources, new.sources)
+        return cls(*subs, *sources)
+
+    def lines(self) -> list[str]:
+        """`sources_changed: seq, mov` for each non-empty change."""
+        return [f"{k}: {', '.join(v)}" for k, v in vars(self).items() if v]
+
+
 # --- loading -------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Tails one source: cursor from the store, pages into the outbox, backoff on failure."""
+"""The poller of one source: cursor from the store, pages into the outbox, backoff on
+failure."""
 
 from __future__ import annotations
 

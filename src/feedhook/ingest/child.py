@@ -35,11 +35,11 @@ import orjson
 from feedhook import clock, logs
 from feedhook.config import Config
 from feedhook.health import SourceHealth
+from feedhook.ingest.local import InProcessIngest
 from feedhook.process import run_async, tune_gc
 from feedhook.settings import Settings
 from feedhook.sources.poller import PollObserver, PollReport
 from feedhook.store import open_store
-from feedhook.tails import Tails
 
 log = logging.getLogger("feedhook")
 
@@ -49,9 +49,9 @@ STEADY_AFTER = 60.0  # a child that ran this long counts as healthy: delays star
 LINE_LIMIT = 1 << 20
 
 
-class IngestProcess:
+class ChildProcessIngest:
     """The main process's side: starts the child, forwards config, reads its reports,
-    restarts it if it dies. Same face as `Tails`: run, apply, stop, health, alive."""
+    restarts it if it dies. The same interface as InProcessIngest (see ingest.Ingest)."""
 
     def __init__(
         self,
@@ -117,7 +117,7 @@ class IngestProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "feedhook.ingest_process",
+            "feedhook.ingest.child",
             self.store_url,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -230,17 +230,17 @@ async def _child(store_url: str, reports: IO[bytes], admin_token: str) -> int:
         return 0
     logs.redact.update(config.secret_values() | {admin_token})
     async with open_store(store_url) as store:
-        tails = Tails(config, store, PipeReporter(reports))
+        ingest = InProcessIngest(config, store, PipeReporter(reports))
 
         async def listen() -> None:
             while (new := await _receive(reader)) is not None:
                 logs.redact.add(new.secret_values())
-                await tails.apply(new)
-            tails.stop()
+                await ingest.apply(new)
+            ingest.stop()
 
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(listen(), name="config")
-            await tails.run()
+            await ingest.run()
     return 0
 
 

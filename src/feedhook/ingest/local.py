@@ -1,5 +1,5 @@
-"""The pollers of every configured source, in this process: started, restarted on a
-reload, stopped. The worker runs them here or in an ingest process (ingest_process.py)."""
+"""The ingest in this process: the pollers of every configured source, started,
+restarted on a reload, stopped (`FEEDHOOK_INGEST_PROCESS=false`, and the tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from feedhook.config import Config, SourceConfig
+from feedhook.config import Config, ConfigChanges, SourceConfig
 from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources import Source, build_source
@@ -16,7 +16,7 @@ from feedhook.store.base import Store
 
 
 @dataclass
-class _Tail:
+class _Running:
     """A running poller and what it was started with."""
 
     config: SourceConfig
@@ -25,25 +25,25 @@ class _Tail:
     task: asyncio.Task[None]
 
 
-class Tails:
-    """Tails every source into the store until `stop()`; a poller's crash ends `run()`."""
+class InProcessIngest:
+    """Polls every source into the store until `stop()`; a poller's crash ends `run()`."""
 
     def __init__(self, config: Config, store: Store, observer: PollObserver) -> None:
         self.config = config
         self.store = store
         self.observer = observer
         self.router = Router(config.subscriptions)
-        self._tails: dict[str, _Tail] = {}
+        self._running: dict[str, _Running] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
     @property
     def health(self) -> dict[str, SourceHealth]:
-        return {name: tail.poller.health for name, tail in self._tails.items()}
+        return {name: running.poller.health for name, running in self._running.items()}
 
     def alive(self) -> bool:
-        return self._tasks is not None and all(not t.task.done() for t in self._tails.values())
+        return self._tasks is not None and all(not t.task.done() for t in self._running.values())
 
     def stop(self) -> None:
         self._stop.set()
@@ -56,12 +56,12 @@ class Tails:
                     for name, source_config in self.config.sources.items():
                         await self._start(name, source_config)
                 await self._stop.wait()
-                for tail in self._tails.values():
-                    tail.task.cancel()
+                for running in self._running.values():
+                    running.task.cancel()
         finally:
             self._tasks = None
-            for tail in self._tails.values():
-                await tail.source.close()
+            for running in self._running.values():
+                await running.source.close()
 
     async def apply(self, config: Config) -> None:
         """A new config: new routes at once; new or changed sources (re)start from their
@@ -71,12 +71,12 @@ class Tails:
             self.router = Router(config.subscriptions)
             if self._tasks is None:
                 return
-            changed = [n for n in old.sources if config.sources.get(n) != old.sources[n]]
-            for name in changed:
-                if name in self._tails:
-                    await self._stop_tail(name)
+            changes = ConfigChanges.between(old, config)
+            for name in changes.sources_changed + changes.sources_removed:
+                if name in self._running:
+                    await self._stop_poller(name)
             for name, source_config in config.sources.items():
-                if name not in self._tails:
+                if name not in self._running:
                     await self._start(name, source_config)
 
     async def _start(self, name: str, config: SourceConfig) -> None:
@@ -88,11 +88,11 @@ class Tails:
         phase = source.poll_interval * names.index(name) / len(names)
         poller = Poller(source, self.store, lambda: self.router, self.observer, phase)
         task = self._tasks.create_task(poller.run(), name=f"poll:{name}")
-        self._tails[name] = _Tail(config, source, poller, task)
+        self._running[name] = _Running(config, source, poller, task)
 
-    async def _stop_tail(self, name: str) -> None:
-        tail = self._tails.pop(name)
-        tail.task.cancel()
+    async def _stop_poller(self, name: str) -> None:
+        running = self._running.pop(name)
+        running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await tail.task
-        await tail.source.close()
+            await running.task
+        await running.source.close()
