@@ -13,11 +13,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from feedhook import clock
 from feedhook.app import Worker
-from feedhook.report import dead_letter_document, status_document
+from feedhook.report import dead_letter_document
 from feedhook.settings import Settings
-from feedhook.store import StoreError
 
 log = logging.getLogger("feedhook.admin")
 
@@ -98,42 +96,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     worker = request.app[RUNTIME].worker
-    if worker is not None:
-        try:
-            worker.store.check_identity()  # a stat: readiness is red the moment it is gone
-        except StoreError:
-            return _json({"ready": False, "reason": "the database file is gone; stopping"}, 503)
-    if worker is None or not worker.running:
+    if worker is None:
         return _json({"ready": False, "reason": "starting"}, 503)
-    now = clock.now()
-    if (locked := worker.store.locked_since) is not None:
-        return _json(
-            {
-                "ready": False,
-                "reason": f"the database has been locked by another program for"
-                f" {now - locked:.0f}s; feedhook is waiting for it",
-            },
-            503,
-        )
-    sources = {
-        name: health.to_json(now, detail=False) for name, health in sorted(worker.health.items())
-    }
-    failing = [name for name, s in sources.items() if s["state"] == "failing"]
-    return _json({"ready": True, "failing": failing, "sources": sources})
+    ready, document = worker.readiness()
+    return _json(document, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    worker = _worker(request)
-    m, now = worker.metrics, clock.now()
-    for name, counts in (await worker.store.counts()).items():
-        m.pending.labels(name).set(counts.pending)
-        m.dead_letters.labels(name).set(counts.dead_letter)
-    for name, health in worker.health.items():
-        if health.last_success_at is not None:
-            m.since_success.labels(name).set(now - health.last_success_at)
-        if health.newest_event_at is not None:
-            m.source_lag.labels(name).set(now - health.newest_event_at)
-    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = await _worker(request).metrics_text()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 # --- the API -------------------------------------------------------------------------
@@ -166,9 +137,7 @@ def _dead_id(request: web.Request) -> int:
 
 
 async def api_status(request: web.Request) -> web.Response:
-    worker = _worker(request)
-    status, storage = await worker.store.status(), await worker.store.storage()
-    return _json(status_document(status, worker.config, worker.health, clock.now(), storage))
+    return _json(await _worker(request).status())
 
 
 async def api_dead_letters(request: web.Request) -> web.Response:
@@ -176,7 +145,7 @@ async def api_dead_letters(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100, 1, MAX_PAGE)
     after = _int(request, "after", 0, 0, 2**62)
     subscription = request.query.get("subscription") or None
-    letters = await worker.store.list_dead(subscription, limit, after)
+    letters = await worker.dead_letters(subscription, limit, after)
     return _json(
         {
             "dead_letters": [dead_letter_document(d) for d in letters],
@@ -186,50 +155,36 @@ async def api_dead_letters(request: web.Request) -> web.Response:
 
 
 async def api_dead_letter(request: web.Request) -> web.Response:
-    worker = _worker(request)
-    letter = await worker.store.get_dead(_dead_id(request))
+    letter = await _worker(request).dead_letter(_dead_id(request))
     if letter is None:
         return _error(404, f"no dead letter {request.match_info['id']}")
     return _json(dead_letter_document(letter, with_event=True))
 
 
 async def api_replay_one(request: web.Request) -> web.Response:
-    worker = _worker(request)
     dead_id = _dead_id(request)
-    count = await worker.store.replay_dead([dead_id], None, clock.now())
-    if not count:
+    if not (count := await _worker(request).replay_dead([dead_id], None)):
         return _error(404, f"no dead letter {dead_id}")
-    _wake(worker)
     return _json({"replayed": count})
 
 
 async def api_replay_bulk(request: web.Request) -> web.Response:
-    worker = _worker(request)
     subscription = request.query.get("subscription") or None
-    count = await worker.store.replay_dead(None, subscription, clock.now())
-    _wake(worker)
-    return _json({"replayed": count})
+    return _json({"replayed": await _worker(request).replay_dead(None, subscription)})
 
 
 async def api_purge_one(request: web.Request) -> web.Response:
-    worker = _worker(request)
     dead_id = _dead_id(request)
-    if not await worker.store.purge_dead([dead_id], None):
+    if not await _worker(request).purge_dead([dead_id]):
         return _error(404, f"no dead letter {dead_id}")
     return _json({"purged": 1})
 
 
 async def api_reload(request: web.Request) -> web.Response:
-    worker = _worker(request)
-    ok, lines = await worker.reload_from_file()
+    ok, lines = await _worker(request).reload_from_file()
     if not ok:
         return _error(400, "invalid configuration; the running one stays", errors=lines)
     return _json({"reloaded": True, "changes": lines})
-
-
-def _wake(worker: Worker) -> None:
-    if worker.dispatcher is not None:
-        worker.dispatcher.wake()
 
 
 def build_app(runtime: Runtime, token: str | None) -> web.Application:

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigChanges, ConfigError, load_config
@@ -23,8 +24,9 @@ from feedhook.ingest import Ingest
 from feedhook.ingest.child import ChildProcessIngest
 from feedhook.ingest.local import InProcessIngest
 from feedhook.metrics import Metrics
+from feedhook.report import status_document
 from feedhook.sources.poller import PollReport
-from feedhook.store.base import PruneResult, Store, StoreError
+from feedhook.store.base import DeadLetter, PruneResult, Store, StoreError
 
 log = logging.getLogger("feedhook")
 
@@ -202,6 +204,55 @@ class Worker:
                 log.error("%s", exc)
                 self.stop()  # readiness is red while in-flight deliveries finish
                 return
+
+    # --- what operators ask: the admin server's whole view of the worker --------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready, and the document /readyz answers: states, times and causes only (it
+        needs no token), never a URL or an upstream's words."""
+        try:
+            self.store.check_identity()  # a stat: readiness is red the moment it is gone
+        except StoreError:
+            return False, {"ready": False, "reason": "the database file is gone; stopping"}
+        if not self.running:
+            return False, {"ready": False, "reason": "starting"}
+        now = clock.now()
+        if (locked := self.store.locked_since) is not None:
+            return False, {
+                "ready": False,
+                "reason": f"the database has been locked by another program for"
+                f" {now - locked:.0f}s; feedhook is waiting for it",
+            }
+        sources = {n: h.to_json(now, detail=False) for n, h in sorted(self.health.items())}
+        failing = [name for name, s in sources.items() if s["state"] == "failing"]
+        return True, {"ready": True, "failing": failing, "sources": sources}
+
+    async def status(self) -> dict[str, Any]:
+        """What `feedhook status --json` prints, with each source's live state."""
+        status, storage = await self.store.status(), await self.store.storage()
+        return status_document(status, self.config, self.health, clock.now(), storage)
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus exposition, its gauges read now."""
+        self.metrics.observe(await self.store.counts(), self.health, clock.now())
+        return self.metrics.render()
+
+    async def dead_letters(
+        self, subscription: str | None, limit: int, after: int
+    ) -> list[DeadLetter]:
+        return await self.store.list_dead(subscription, limit, after)
+
+    async def dead_letter(self, dead_id: int) -> DeadLetter | None:
+        return await self.store.get_dead(dead_id)
+
+    async def replay_dead(self, ids: list[int] | None, subscription: str | None) -> int:
+        """Dead letters back into the outbox with a fresh budget; sent within a moment."""
+        count = await self.store.replay_dead(ids, subscription, clock.now())
+        self._wake()
+        return count
+
+    async def purge_dead(self, ids: list[int]) -> int:
+        return await self.store.purge_dead(ids, None)
 
     # --- live reload -----------------------------------------------------------------
 

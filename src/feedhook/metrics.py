@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from feedhook import __version__
+from feedhook.health import SourceHealth
+from feedhook.store.base import SubscriptionCounts
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -98,6 +102,23 @@ class Metrics:
             ["subscription"],
             registry=registry,
         )
+
+    def observe(
+        self,
+        counts: Mapping[str, SubscriptionCounts],
+        health: Mapping[str, SourceHealth],
+        now: float,
+    ) -> None:
+        """Set the gauges that are read, not counted: queue sizes from the store's kept
+        counts (never a scan), and each source's lag and time since its last success."""
+        for name, c in counts.items():
+            self.pending.labels(name).set(c.pending)
+            self.dead_letters.labels(name).set(c.dead_letter)
+        for name, h in health.items():
+            if h.last_success_at is not None:
+                self.since_success.labels(name).set(now - h.last_success_at)
+            if h.newest_event_at is not None:
+                self.source_lag.labels(name).set(now - h.newest_event_at)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
