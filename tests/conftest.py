@@ -1,4 +1,6 @@
-"""Shared test helpers: simulated feeds, a receiver, a running worker, the real CLI."""
+"""Shared test helpers: simulated feeds, a receiver, a running worker, the real CLI.
+
+Tests mirror src/ under tests/unit/; tests/e2e/ drives the real CLI against real servers."""
 
 from __future__ import annotations
 
@@ -207,3 +209,11 @@ def modulo_source(sim: SimModulo, codes: list[str], **overrides: Any) -> dict[st
         "timeout": "2s",
         **overrides,
     }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ (the real CLI, real servers, real processes) is
+    `slow`: `pytest -m "not slow"` is the quick round of unit tests mirroring src/."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

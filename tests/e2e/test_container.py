@@ -22,7 +22,7 @@ from feedhook.sim import Receiver, SimFeed
 
 from conftest import eventually, free_port, source, subscription
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 

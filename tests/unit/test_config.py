@@ -251,7 +251,7 @@ def test_the_example_config_is_valid(
     ):
         monkeypatch.setenv(name, "sentinel-value")
     monkeypatch.setenv("OPS_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    example = Path(__file__).parent.parent / "hooks.example.yaml"
+    example = Path(__file__).parents[2] / "hooks.example.yaml"
     assert main(["check", "-c", str(example)]) == 0
     out = capsys.readouterr().out
     for kind in ("sequence", "movida", "teamhub", "modulo"):
