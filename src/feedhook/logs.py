@@ -6,12 +6,14 @@ defence behind code that never logs secrets in the first place.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import sys
 from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 # Fields a log call may attach with extra={...}; they become top-level JSON keys.
 FIELDS = (
@@ -48,6 +50,47 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+
+# URLs as shown anywhere: credentials masked. Query parameters whose values are
+# credentials by their name:
+SENSITIVE_PARAM = re.compile(r"key|token|secret|pass|auth|sig|code|credential|session", re.I)
+
+
+def redact_url(url: str, *, query: bool = False) -> str:
+    """The URL for logs, errors and `check`: any user:password@ part masked, and the
+    values of query parameters that look like credentials (`?api_key=`); with `query`,
+    every query value (a receiver's URL, whose parameters mean nothing to feedhook)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    masked = parts.query
+    if parts.query:
+        masked = "&".join(
+            f"{name}=***" if sep and (query or SENSITIVE_PARAM.search(name)) else pair
+            for pair in parts.query.split("&")
+            for name, sep, _ in [pair.partition("=")]
+        )
+    if netloc == parts.netloc and masked == parts.query:
+        return url
+    return parts._replace(netloc=netloc, query=masked).geturl()
+
+
+def url_secrets(url: str) -> set[str]:
+    """The credentials a URL carries: its password, the Basic header aiohttp derives from
+    user:password (an upstream may echo it back), and credential-like query values."""
+    parts = urlsplit(url)
+    found: set[str] = set()
+    if parts.password:
+        found.add(parts.password)
+        basic = f"{parts.username or ''}:{parts.password}".encode()
+        found.add(base64.b64encode(basic).decode())
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and SENSITIVE_PARAM.search(name):
+            found.add(value)
+    return found
 
 
 def _json_inner(text: str) -> str:

@@ -1,19 +1,14 @@
-"""hooks.yaml -> typed, frozen models.
-
-Every problem in a file is collected and reported at once, each naming the file, the key
-path and what was expected, so a person can fix the whole file in one pass.
-"""
+"""The models of hooks.yaml: typed, frozen, named `*Config`. `SourceConfig` is the table
+of source kinds."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 import jmespath
@@ -24,146 +19,23 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from feedhook import yamldoc
-
-# --- value types ---------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> float:
-    """'250ms', '10s', '5m', '2h', '3d' (or a bare number of seconds) -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
-    else:
-        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
-
-
-def _http_url(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"not an http(s) URL: {value!r}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {redact_url(value)!r}")
-    return value
-
-
-# Query parameters whose values are credentials by their name.
-SENSITIVE_PARAM = re.compile(r"key|token|secret|pass|auth|sig|code|credential|session", re.I)
-
-
-def redact_url(url: str, *, query: bool = False) -> str:
-    """The URL for logs, errors and `check`: any user:password@ part masked, and the
-    values of query parameters that look like credentials (`?api_key=`); with `query`,
-    every query value (a receiver's URL, whose parameters mean nothing to feedhook)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.username is not None or parts.password is not None:
-        netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    masked = parts.query
-    if parts.query:
-        masked = "&".join(
-            f"{name}=***" if sep and (query or SENSITIVE_PARAM.search(name)) else pair
-            for pair in parts.query.split("&")
-            for name, sep, _ in [pair.partition("=")]
-        )
-    if netloc == parts.netloc and masked == parts.query:
-        return url
-    return parts._replace(netloc=netloc, query=masked).geturl()
-
-
-def url_secrets(url: str) -> set[str]:
-    """The credentials a URL carries: its password, the Basic header aiohttp derives from
-    user:password (an upstream may echo it back), and credential-like query values."""
-    parts = urlsplit(url)
-    found: set[str] = set()
-    if parts.password:
-        found.add(parts.password)
-        basic = f"{parts.username or ''}:{parts.password}".encode()
-        found.add(base64.b64encode(basic).decode())
-    for pair in parts.query.split("&"):
-        name, _, value = pair.partition("=")
-        if value and SENSITIVE_PARAM.search(name):
-            found.add(value)
-    return found
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most `requests` requests in any window of `per` seconds."""
-
-    requests: int
-    per: float
-
-    def __str__(self) -> str:
-        return f"{self.requests}/{self.per:g}s"
-
-
-def _rate_limit(value: object) -> RateLimit:
-    if isinstance(value, RateLimit):
-        return value
-    if isinstance(value, str) and "/" in value:
-        count, _, window = value.partition("/")
-        if count.strip().isdigit() and int(count) > 0:
-            return RateLimit(int(count), parse_duration(window))
-    raise ValueError(f"expected a rate like 150/30s (requests/duration), got {value!r}")
-
-
-_GLOB_CHARS = re.compile(r"^[A-Za-z0-9_.*?!\[\]-]+$")
-
-
-def check_glob(pattern: str) -> str:
-    """A type glob: fnmatch syntax over type names, brackets balanced."""
-    if not pattern or not _GLOB_CHARS.match(pattern):
-        raise ValueError(
-            f"not a type glob: {pattern!r} (use letters, digits, '.', '_', '-' "
-            "and the wildcards * ? [...], e.g. 'sequence.job.*')"
-        )
-    depth = 0
-    for char in pattern:
-        if char == "[":
-            if depth:
-                raise ValueError(f"not a type glob: {pattern!r} (nested '[')")
-            depth = 1
-        elif char == "]" and depth:
-            depth = 0
-    if depth:
-        raise ValueError(f"not a type glob: {pattern!r} ('[' is never closed)")
-    return pattern
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-HttpUrl = Annotated[str, BeforeValidator(_http_url)]
-Rate = Annotated[RateLimit, BeforeValidator(_rate_limit)]
-Glob = Annotated[str, BeforeValidator(check_glob)]
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-
-# Standard Webhooks' example schedule, after the first attempt.
-DEFAULT_SCHEDULE: tuple[float, ...] = (
-    5.0,
-    300.0,
-    1800.0,
-    7200.0,
-    18000.0,
-    36000.0,
-    50400.0,
-    72000.0,
-    86400.0,
+from feedhook.config.values import (
+    DEFAULT_SCHEDULE,
+    Duration,
+    Glob,
+    HttpUrl,
+    Rate,
+    RateLimit,
+    duration_or_forever,
 )
+from feedhook.logs import redact_url, url_secrets
+
+# Subscription headers whose values are credentials by their name: masked everywhere.
+SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie", re.I)
 
 
 class _Model(BaseModel):
@@ -454,15 +326,6 @@ class SubscriptionConfig(_Model):
         return self
 
 
-def _duration_or_forever(value: object) -> float | None:
-    if value == "forever":
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise ValueError(f"expected a duration like 30d, or forever; got {value!r}") from None
-
-
 class RetentionConfig(_Model):
     """How long finished work is kept. Pruning never touches a delivery that is pending,
     in flight or dead-lettered (until `dead_letters`), nor an event one of them needs."""
@@ -470,7 +333,7 @@ class RetentionConfig(_Model):
     # Delivered deliveries, and events none of whose deliveries is pending or dead.
     delivered: Duration = 7 * 86400.0
     # Dead letters (and their deliveries); None: forever.
-    dead_letters: Annotated[float | None, BeforeValidator(_duration_or_forever)] = 30 * 86400.0
+    dead_letters: Annotated[float | None, BeforeValidator(duration_or_forever)] = 30 * 86400.0
     # How often `feedhook run` prunes.
     interval: Duration = 600.0
 
@@ -535,183 +398,3 @@ class ConfigChanges:
     def lines(self) -> list[str]:
         """`sources_changed: seq, mov` for each non-empty change."""
         return [f"{k}: {', '.join(v)}" for k, v in vars(self).items() if v]
-
-
-# --- loading -------------------------------------------------------------------------
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; `errors` holds one line per problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
-
-
-SECRET_KEYS = frozenset(
-    {
-        "password",
-        "secret",
-        "previous_secrets",
-        "token",
-        "client_secret",
-        "account_key",
-        "company_key",
-    }
-)
-
-SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie", re.I)
-
-At = Callable[[str], str]  # a key path -> "file:line:column" for error lines
-
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(
-    node: Any, path: str, env: Mapping[str, str], errors: list[str], unset: set[str], at: At
-) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; $$ is a literal $."""
-    if isinstance(node, dict):
-        return {
-            k: _expand(v, f"{path}.{k}" if path else str(k), env, errors, unset, at)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_expand(v, f"{path}[{i}]", env, errors, unset, at) for i, v in enumerate(node)]
-    if not isinstance(node, str) or "$" not in node:
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        unset.add(path)
-        errors.append(
-            f"{at(path)}: {path}: environment variable {name} is not set "
-            f"(set it, or write ${{{name}:-default}})"
-        )
-        return ""
-
-    return _VAR.sub(substitute, node)
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    parts = list(loc)
-    # A discriminated union adds the kind as a step; the user never wrote it.
-    if len(parts) >= 3 and parts[0] == "sources" and parts[2] in SOURCE_KINDS:
-        del parts[2]
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _describe(error: Any) -> str:
-    kind = error["type"]
-    msg = str(error["msg"])
-    loc = error["loc"]
-    # A header's value may be a credential whatever its name: never echoed.
-    secret = any(str(part) in SECRET_KEYS or part == "headers" for part in loc)
-    shown = "" if secret else f", got {error.get('input')!r}"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key (check its spelling and indentation)"
-    if kind in ("value_error", "assertion_error"):
-        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind == "union_tag_invalid":
-        kinds = ", ".join(SOURCE_KINDS)
-        return f"unknown kind {error['input'].get('kind')!r} (expected one of: {kinds})"
-    if kind == "union_tag_not_found":
-        return f"required key 'kind' is missing (one of: {', '.join(SOURCE_KINDS)})"
-    if kind == "literal_error":
-        return f"{msg[0].lower()}{msg[1:]}{shown}"
-    return f"{msg[0].lower()}{msg[1:]}{shown}"
-
-
-def _unknown_sources(document: dict[str, Any], at: At) -> list[str]:
-    """Subscriptions naming sources that do not exist (checked even when other keys are bad)."""
-    sources, subscriptions = document.get("sources"), document.get("subscriptions")
-    if not isinstance(sources, dict) or not isinstance(subscriptions, dict):
-        return []
-    known = ", ".join(sorted(map(str, sources))) or "none"
-    errors = []
-    for name, sub in subscriptions.items():
-        wanted = sub.get("sources") if isinstance(sub, dict) else None
-        for i, source in enumerate(wanted if isinstance(wanted, list) else []):
-            if source not in sources:
-                path = f"subscriptions.{name}.sources[{i}]"
-                errors.append(
-                    f"{at(path)}: {path}: unknown source {source!r} (configured sources: {known})"
-                )
-    return errors
-
-
-def parse_config(
-    raw: object,
-    label: str,
-    env: Mapping[str, str] | None = None,
-    document: yamldoc.Document | None = None,
-) -> Config:
-    """Validate an already-parsed YAML document; raise ConfigError listing every problem.
-    With the `document` it was read from, each error says the line and column too."""
-
-    def at(path: str) -> str:
-        return label + (document.where(path) if document is not None else "")
-
-    errors: list[str] = []
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            [f"{label}: (top level): expected a mapping with 'sources' and 'subscriptions'"]
-        )
-    unset: set[str] = set()
-    expanded = _expand(raw, "", os.environ if env is None else env, errors, unset, at)
-    for section in ("sources", "subscriptions"):
-        names = expanded.get(section)
-        if isinstance(names, dict):
-            for name in names:
-                if not isinstance(name, str) or not NAME.match(name):
-                    errors.append(
-                        f"{at(f'{section}.{name}')}: {section}.{name}: not a valid name "
-                        "(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
-                    )
-    config: Config | None = None
-    try:
-        config = Config.model_validate(expanded)
-    except ValidationError as exc:
-        for error in exc.errors():
-            path = _key_path(error["loc"])
-            if path not in unset:  # already reported as the missing variable
-                errors.append(f"{at(path)}: {path}: {_describe(error)}")
-    errors.extend(_unknown_sources(expanded, at))
-    if errors:
-        raise ConfigError(errors)
-    assert config is not None
-    return config
-
-
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a hooks.yaml; raise ConfigError listing every problem."""
-    label = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            [f"{label}: file not found (pass -c FILE or set FEEDHOOK_CONFIG)"]
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{label}: cannot read the file: {exc}"]) from None
-    try:
-        document = yamldoc.load(text)
-    except yamldoc.YamlError as exc:
-        raise ConfigError(
-            [f"{label}:{line}" if line[:1].isdigit() else f"{label}: {line}" for line in exc.errors]
-        ) from None
-    return parse_config(document.data, label, env, document)

@@ -1,0 +1,116 @@
+"""The value types of hooks.yaml: durations, URLs, rates, type globs, names, and the
+defaults built from them. Each parses what a person writes and says what it expected."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BeforeValidator,
+)
+
+from feedhook.logs import redact_url
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """'250ms', '10s', '5m', '2h', '3d' (or a bare number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"expected a duration like 10s, 5m or 250ms, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {redact_url(value)!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `requests` requests in any window of `per` seconds."""
+
+    requests: int
+    per: float
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.per:g}s"
+
+
+def _rate_limit(value: object) -> RateLimit:
+    if isinstance(value, RateLimit):
+        return value
+    if isinstance(value, str) and "/" in value:
+        count, _, window = value.partition("/")
+        if count.strip().isdigit() and int(count) > 0:
+            return RateLimit(int(count), parse_duration(window))
+    raise ValueError(f"expected a rate like 150/30s (requests/duration), got {value!r}")
+
+
+_GLOB_CHARS = re.compile(r"^[A-Za-z0-9_.*?!\[\]-]+$")
+
+
+def check_glob(pattern: str) -> str:
+    """A type glob: fnmatch syntax over type names, brackets balanced."""
+    if not pattern or not _GLOB_CHARS.match(pattern):
+        raise ValueError(
+            f"not a type glob: {pattern!r} (use letters, digits, '.', '_', '-' "
+            "and the wildcards * ? [...], e.g. 'sequence.job.*')"
+        )
+    depth = 0
+    for char in pattern:
+        if char == "[":
+            if depth:
+                raise ValueError(f"not a type glob: {pattern!r} (nested '[')")
+            depth = 1
+        elif char == "]" and depth:
+            depth = 0
+    if depth:
+        raise ValueError(f"not a type glob: {pattern!r} ('[' is never closed)")
+    return pattern
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+Rate = Annotated[RateLimit, BeforeValidator(_rate_limit)]
+Glob = Annotated[str, BeforeValidator(check_glob)]
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+# Standard Webhooks' example schedule, after the first attempt.
+DEFAULT_SCHEDULE: tuple[float, ...] = (
+    5.0,
+    300.0,
+    1800.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    50400.0,
+    72000.0,
+    86400.0,
+)
+
+
+def duration_or_forever(value: object) -> float | None:
+    if value == "forever":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(f"expected a duration like 30d, or forever; got {value!r}") from None
