@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -40,6 +41,8 @@ class PollMeter:
     def __init__(self, metrics: Metrics, wake: Callable[[], None]) -> None:
         self.metrics = metrics
         self.wake = wake
+        # Per source, when the last read that found it drained began (Worker.until_idle).
+        self.drained_at: dict[str, float] = {}
 
     def started(self, health: SourceHealth) -> None:
         pass
@@ -52,6 +55,8 @@ class PollMeter:
             self.metrics.filter_errors.labels(subscription).inc(count)
         if report.malformed:
             self.metrics.malformed_events.labels(health.name).inc(report.malformed)
+        if report.drained_at is not None:
+            self.drained_at[health.name] = report.drained_at
         if report.types:
             self.wake()
 
@@ -88,6 +93,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
+        self._meter: PollMeter | None = None
+        self._started = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
@@ -102,6 +109,21 @@ class Worker:
             return False
         return self.ingest.alive()
 
+    async def until_idle(self, timeout: float = 30.0) -> None:
+        """Return once the work in sight is done (arq's burst mode, for tests and
+        embedders): every source read to its end by a read that began after this call,
+        and nothing in flight or due. TimeoutError after `timeout` seconds."""
+        called = time.monotonic()
+        async with asyncio.timeout(timeout):
+            await self._started.wait()
+            meter, dispatcher = self._meter, self.dispatcher
+            assert meter is not None and dispatcher is not None
+            while True:
+                read = all(meter.drained_at.get(name, 0.0) > called for name in self.config.sources)
+                if read and await dispatcher.idle():
+                    return
+                await asyncio.sleep(0.01)
+
     def _wake(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
@@ -110,7 +132,7 @@ class Worker:
         recovered = await self.store.recover_in_flight(clock.now())
         if recovered:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
-        meter = PollMeter(self.metrics, self._wake)
+        meter = self._meter = PollMeter(self.metrics, self._wake)
         async with AsyncExitStack() as stack:
             session = await stack.enter_async_context(new_session())
             dispatcher = Dispatcher(
@@ -136,6 +158,7 @@ class Worker:
                 pruning = tasks.create_task(self._prune_every_interval(), name="prune")
                 leases = tasks.create_task(self._keep_leases(), name="leases")
                 self.running = True
+                self._started.set()
                 log.info(
                     "feedhook %s running: %d sources%s, %d subscriptions",
                     __version__,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -66,13 +65,13 @@ async def test_every_matching_pair_is_delivered_signed_and_parseable(
         want("movida", movida_feed.events)
         assert len({p for p in expected if p[1] == "status"}) > 5
 
-        async with running(raw, tmp_path / "f.db"):
+        async with running(raw, tmp_path / "f.db") as worker:
             await eventually(lambda: set(pairs(receiver)) >= expected, what="all deliveries")
             # events arriving while running are picked up too
             late = sequence_xml.add_events(10, types=["job_created"])
             expected |= {(f"seq-xml:{e.id}", "jobs-and-titles") for e in late}
             await eventually(lambda: set(pairs(receiver)) >= expected, what="late events")
-            await asyncio.sleep(0.3)
+            await worker.until_idle()  # nothing more to come: no sleeping on it
         got = pairs(receiver)
         assert set(got) == expected
         assert max(got.values()) == 1  # nothing twice
@@ -190,3 +189,22 @@ async def test_envelope_bytes_match_what_was_stored(
     assert body["id"] == "mov:1" and body["feedhooksource"] == "mov"
     assert body["source"] == movida_feed.api_url
     assert body["type"].startswith("movida.")
+
+
+async def test_until_idle_returns_once_the_work_in_sight_is_done(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """`Worker.until_idle()` (burst mode for tests and embedders) returns after every
+    source was read to its end and every due delivery went out: no sleeping to prove
+    that nothing more arrives. Work added later is seen by the next call."""
+    sequence_feed.add_events(30)
+    raw = {
+        "sources": {"seq": source(sequence_feed)},
+        "subscriptions": {"all": subscription(receiver, "all")},
+    }
+    async with running(raw, tmp_path / "f.db") as worker:
+        await worker.until_idle(timeout=15)
+        assert len(receiver.ok()) == 30
+        sequence_feed.add_events(5)
+        await worker.until_idle(timeout=15)
+        assert len(receiver.ok()) == 35

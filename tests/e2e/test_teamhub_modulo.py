@@ -90,12 +90,12 @@ async def test_live_build_40_to_100_in_both_modes(
         "subscriptions": {"builds": subscription(receiver, "builds", types=["teamhub.build.*"])},
     }
     (build,) = teamhub.add_events(1, target="build", operation="created", progress=40)
-    async with running(raw, tmp_path / "f.db"):
+    async with running(raw, tmp_path / "f.db") as worker:
         await eventually(lambda: f"each:{build['id']}:40" in ids(receiver, "builds"))
-        await asyncio.sleep(0.4)  # several polls while the build is still running
+        await worker.until_idle()  # polls while the build is still running: nothing new
         teamhub.update_progress(build["id"], 100, operation="completed")
         await eventually(lambda: len(receiver.ok()) == 3, what="the completed build")
-        await asyncio.sleep(0.4)
+        await worker.until_idle()
     got = ids(receiver, "builds")
     assert got == Counter(
         {f"done:{build['id']}": 1, f"each:{build['id']}:40": 1, f"each:{build['id']}:100": 1}

@@ -293,7 +293,7 @@ async def test_reload_restarts_a_changed_source(
         assert status == 200 and "sources_changed: seq" in body["changes"]
         sequence_feed.add_events(5)
         await eventually(lambda: len(receiver.ok()) == 10)
-        await asyncio.sleep(0.3)
+        await admin.worker.until_idle()
     assert len({r.webhook_id for r in receiver.ok()}) == 10 == len(receiver.ok())
 
 

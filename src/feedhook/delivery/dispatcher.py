@@ -139,6 +139,13 @@ class Dispatcher:
             lane.maybe_due = True
         self._wake.set()
 
+    async def idle(self) -> bool:
+        """Nothing in flight, nothing claimed waiting, nothing due now in the store."""
+        if self._sending or any(lane.ready or lane.in_flight for lane in self.lanes.values()):
+            return False
+        due = await self.store.next_due_at(list(self.lanes))
+        return due is None or due > clock.now()
+
     def stop(self) -> None:
         """Stop claiming; in-flight attempts get `grace` seconds to finish."""
         self._stopping = True

@@ -40,6 +40,9 @@ class PollReport:
     types: Mapping[str, int]
     filter_errors: Mapping[str, int]
     malformed: int = 0
+    # When the read that found the feed drained began (time.monotonic(), the same clock
+    # in every process of the host); None: the feed has more.
+    drained_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from its items, counting pairs.
@@ -48,6 +51,7 @@ class PollReport:
             "types": dict(self.types),
             "filter_errors": dict(self.filter_errors),
             "malformed": self.malformed,
+            "drained_at": self.drained_at,
         }
 
 
@@ -101,13 +105,14 @@ class Poller:
             log.info("%s: starting at cursor %s", name, cursor, extra={"source": name})
         # Reading runs ahead of writing: while one batch is committed, the next pages are
         # already being fetched; whatever has arrived is written in one transaction.
-        pages: asyncio.Queue[Page] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
+        pages: asyncio.Queue[tuple[Page, float]] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._read(cursor, pages), name=f"read:{name}")
             while True:
-                batch = [await pages.get()]
-                while not pages.empty() and len(batch) < READ_AHEAD_PAGES:
-                    batch.append(pages.get_nowait())
+                read = [await pages.get()]
+                while not pages.empty() and len(read) < READ_AHEAD_PAGES:
+                    read.append(pages.get_nowait())
+                batch = [page for page, _ in read]
                 router = self.router()
                 items = [
                     IngestItem(upstream_id, envelope, router.match(envelope))
@@ -115,13 +120,15 @@ class Poller:
                     for upstream_id, envelope in page.events
                 ]
                 fresh = await self.store.ingest(name, items, batch[-1].cursor)
-                self._succeeded(batch, fresh, router.take_filter_errors())
+                drained_at = None if batch[-1].more else read[-1][1]
+                self._succeeded(batch, fresh, router.take_filter_errors(), drained_at)
 
-    async def _read(self, cursor: str, pages: asyncio.Queue[Page]) -> None:
+    async def _read(self, cursor: str, pages: asyncio.Queue[tuple[Page, float]]) -> None:
         """Fetch page after page; once the feed is drained, wait for the next poll."""
         while True:
+            began = time.monotonic()
             page = await self._fetch(cursor)
-            await pages.put(page)
+            await pages.put((page, began))
             cursor = page.cursor
             if not page.more:
                 await asyncio.sleep(self._until_next_poll())
@@ -134,7 +141,11 @@ class Poller:
         return interval - (time.monotonic() - self.phase) % interval
 
     def _succeeded(
-        self, batch: Sequence[Page], fresh: Sequence[IngestItem], filter_errors: Mapping[str, int]
+        self,
+        batch: Sequence[Page],
+        fresh: Sequence[IngestItem],
+        filter_errors: Mapping[str, int],
+        drained_at: float | None,
     ) -> None:
         health, name = self.health, self.source.name
         health.last_success_at = clock.now()
@@ -150,6 +161,7 @@ class Poller:
             types=Counter(item.envelope.type for item in fresh),
             filter_errors=filter_errors,
             malformed=sum(1 for item in fresh if "malformed" in item.envelope.data),
+            drained_at=drained_at,
         )
         self.observer.ingested(health, report)
         if fresh:
