@@ -129,6 +129,7 @@ class Worker:
             self.dispatcher.wake()
 
     async def run(self) -> None:
+        self.store.on_work(self._wake)
         recovered = await self.store.recover_in_flight(clock.now())
         if recovered:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
@@ -269,10 +270,9 @@ class Worker:
         return await self.store.get_dead(dead_id)
 
     async def replay_dead(self, ids: list[int] | None, subscription: str | None) -> int:
-        """Dead letters back into the outbox with a fresh budget; sent within a moment."""
-        count = await self.store.replay_dead(ids, subscription, clock.now())
-        self._wake()
-        return count
+        """Dead letters back into the outbox with a fresh budget; the store wakes the
+        dispatcher, so they go out within a moment."""
+        return await self.store.replay_dead(ids, subscription, clock.now())
 
     async def purge_dead(self, ids: list[int]) -> int:
         return await self.store.purge_dead(ids, None)

@@ -97,6 +97,7 @@ class Poller:
         """Poll until cancelled. A failing feed never ends this loop; it backs off."""
         name = self.source.name
         self.observer.started(self.health)
+        await self._hold_source()
         cursor = await self.store.get_cursor(name)
         if cursor is None:
             cursor = await self._initial_cursor()
@@ -126,12 +127,29 @@ class Poller:
     async def _read(self, cursor: str, pages: asyncio.Queue[tuple[Page, float]]) -> None:
         """Fetch page after page; once the feed is drained, wait for the next poll."""
         while True:
+            if await self._hold_source():  # another poller had it: go on from its cursor
+                cursor = await self.store.get_cursor(self.source.name) or cursor
             began = time.monotonic()
             page = await self._fetch(cursor)
             await pages.put((page, began))
             cursor = page.cursor
             if not page.more:
                 await asyncio.sleep(self._until_next_poll())
+
+    async def _hold_source(self) -> bool:
+        """Wait until the store grants this poller the source (one poller per source);
+        True if it had to wait (another poller held it meanwhile)."""
+        name, waited = self.source.name, False
+        while not await self.store.lease_source(name, clock.now()):
+            if not waited:
+                log.info(
+                    "%s: another worker polls this source; waiting to take over",
+                    name,
+                    extra={"source": name},
+                )
+                waited = True
+            await asyncio.sleep(self.store.lease / 3)
+        return waited
 
     def _until_next_poll(self) -> float:
         """Polls keep a steady cadence, one every poll_interval at `phase` seconds into

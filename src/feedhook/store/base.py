@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -166,6 +166,20 @@ class Store(Protocol):
     async def ingest(
         self, source: str, items: Sequence[IngestItem], cursor: str
     ) -> Sequence[IngestItem]: ...
+    async def lease_source(self, source: str, now: float) -> bool:
+        """One poller per source: whether this owner may poll `source` until
+        `now + lease` (granted when free or expired, renewed when already this owner's).
+        A poller asks before it starts and again before every poll, and stops when it is
+        refused. SQLite grants it always: its holder lock already keeps one `feedhook run`
+        per database, and its ingest process is the only poller there."""
+        ...
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        """Have `wake` called whenever work may have arrived for the dispatchers: new
+        deliveries written by `ingest` or `enqueue`, dead letters replayed. SQLite calls
+        it for what this process writes (the ingest process's writes reach the worker
+        through its reports); a shared store tells every worker."""
+
     async def set_cursor(self, source: str, cursor: str) -> None:
         """Store a source's starting cursor; not counted as a successful poll."""
         ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,6 +75,10 @@ class MemoryDatabase:
     sources: dict[str, SourceState] = field(default_factory=dict)
     # Delivered deliveries that pruning removed: the delivered count is a lifetime total.
     pruned_delivered: Counter[str] = field(default_factory=Counter)
+    # One poller per source: who polls it, until when.
+    source_leases: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Every worker's wake-up: work written by one reaches all (as LISTEN/NOTIFY would).
+    wakes: list[Callable[[], None]] = field(default_factory=list)
     last_id: int = 0
 
     def next_id(self) -> int:
@@ -122,6 +126,20 @@ class MemoryStore:
         state = self.database.sources.get(source)
         return None if state is None else state.cursor
 
+    async def lease_source(self, source: str, now: float) -> bool:
+        holder = self.database.source_leases.get(source)
+        if holder is not None and holder[0] != self.owner and holder[1] >= now:
+            return False
+        self.database.source_leases[source] = (self.owner, now + self.lease)
+        return True
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        self.database.wakes.append(wake)
+
+    def _work_arrived(self) -> None:
+        for wake in self.database.wakes:
+            wake()
+
     async def set_cursor(self, source: str, cursor: str) -> None:
         self._source(source, cursor=cursor, cursor_updated_at=clock.now())
 
@@ -157,6 +175,8 @@ class MemoryStore:
             last_error=None,
             last_error_at=None,
         )
+        if any(subscriptions for _, subscriptions in routed):
+            self._work_arrived()
         return list(fresh.values())
 
     async def record_poll_error(self, source: str, at: float, error: str) -> None:
@@ -337,6 +357,8 @@ class MemoryStore:
                 d.state, d.attempts, d.last_error = "pending", 0, None
                 d.next_attempt_at = d.created_at = d.updated_at = now
             del self.database.dead_letters[letter.id]
+        if letters:
+            self._work_arrived()
         return len(letters)
 
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
@@ -388,6 +410,8 @@ class MemoryStore:
                 d.state, d.attempts, d.last_error = "pending", 0, None
                 d.next_attempt_at = d.created_at = d.updated_at = now
                 queued += 1
+        if queued:
+            self._work_arrived()
         return queued
 
     async def prune(

@@ -288,6 +288,7 @@ class SqliteStore:
         self._db: _Connection | None = None
         self._lock = asyncio.Lock()
         self._holder: int | None = None  # the lock file's descriptor while we hold it
+        self._wakes: list[Callable[[], None]] = []
         self._identity: tuple[int, int] | None = None
         # Claim tokens: unique among this process's claims, and unlike any earlier
         # process's (whose in-flight rows are recovered to pending at start).
@@ -524,7 +525,20 @@ class SqliteStore:
                 " last_error_at = NULL",
                 (source, cursor, now, now, now),
             )
+        if deliveries:
+            self._work_arrived()
         return fresh
+
+    async def lease_source(self, source: str, now: float) -> bool:
+        """See Store.lease_source: always granted (one holder, one ingest process)."""
+        return True
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        self._wakes.append(wake)
+
+    def _work_arrived(self) -> None:
+        for wake in self._wakes:
+            wake()
 
     async def set_cursor(self, source: str, cursor: str) -> None:
         """Store a source's first cursor (from its `start` setting): not a successful
@@ -798,7 +812,7 @@ class SqliteStore:
     ) -> int:
         """Put dead deliveries back in the outbox with a fresh retry budget, in short
         transactions; returns how many dead letters left the table."""
-        return await self._dead_in_batches(
+        replayed = await self._dead_in_batches(
             ids,
             subscription,
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = :now,"
@@ -807,6 +821,9 @@ class SqliteStore:
             " (SELECT value FROM json_each(:batch)));"
             "DELETE FROM dead_letters WHERE id IN (SELECT value FROM json_each(:batch))",
         )
+        if replayed:
+            self._work_arrived()
+        return replayed
 
     async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
         """Forget dead letters for good, in short transactions."""
@@ -969,7 +986,10 @@ class SqliteStore:
                 " last_error = NULL WHERE deliveries.state != 'in_flight'",
                 (subscription, now, now, now, batch),
             )
-            return cursor.rowcount
+            queued = cursor.rowcount
+        if queued:
+            self._work_arrived()
+        return queued
 
 
 RECORD_SEPARATOR = b"\x1e"

@@ -13,7 +13,7 @@ from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page
 from feedhook.sources.poller import Poller, PollReport
-from feedhook.store import MemoryStore
+from feedhook.store import MemoryDatabase, MemoryStore
 
 from conftest import eventually
 
@@ -133,3 +133,33 @@ async def test_a_stored_cursor_is_where_polling_resumes() -> None:
     assert source.fetches[0] == "50"
     (first, *_) = await store.stored_events(0, 100)
     assert first.envelope_id == "seq:51"
+
+
+async def test_two_pollers_of_one_source_take_turns() -> None:
+    """Two workers sharing a store both start a poller for the same source: only one
+    reads the feed; when it stops, the other takes over from the stored cursor."""
+    database = MemoryDatabase()
+    first_store = MemoryStore(database, lease=0.3)
+    second_store = MemoryStore(database, lease=0.3)
+    first_source, second_source = ListSource(30), ListSource(60)
+    first = asyncio.create_task(
+        Poller(first_source, first_store, lambda: router({}), Reports()).run()  # type: ignore[arg-type]
+    )
+
+    async def cursor_at(value: str) -> bool:
+        return await first_store.get_cursor("seq") == value
+
+    await eventually(lambda: cursor_at("30"), timeout=5, what="the first poller")
+    second = asyncio.create_task(
+        Poller(second_source, second_store, lambda: router({}), Reports()).run()  # type: ignore[arg-type]
+    )
+    try:
+        await asyncio.sleep(0.5)
+        assert second_source.fetches == []  # refused while the first holds the source
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await eventually(lambda: cursor_at("60"), timeout=5, what="the second taking over")
+        assert second_source.fetches[0] == "30"  # from the stored cursor
+    finally:
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)

@@ -312,3 +312,43 @@ async def test_release_and_outcomes_apply_to_ones_own_claims(stores: Stores) -> 
     assert await second.claim({"a": 1}, now=t + 2) == []  # still the first's
     await first.release([held.id])
     assert [d.id for d in await second.claim({"a": 1}, now=t + 3)] == [held.id]
+
+
+async def test_work_arriving_wakes_the_dispatchers(stores: Stores) -> None:
+    """Ingested deliveries, queued replays and replayed dead letters call `on_work`."""
+    store = await stores.open()
+    woken: list[str] = []
+    store.on_work(lambda: woken.append("x"))
+    await store.ingest("seq", [item(1, ())], "1")  # an event nobody receives: no work
+    assert woken == []
+    await store.ingest("seq", [item(2)], "2")
+    assert len(woken) == 1
+    (delivery,) = await store.claim({"a": 1}, now=time.time() + 1)
+    await store.complete([Outcome(delivery.id, "dead", 1, at=time.time(), reason="x")])
+    await store.replay_dead(None, None, now=time.time())
+    assert len(woken) == 2
+    (first, *_) = await store.stored_events(0, 10)
+    await store.enqueue("b", [first.id], now=time.time())
+    assert len(woken) == 3
+
+
+async def test_a_poller_may_keep_its_own_source(stores: Stores) -> None:
+    """A source lease is granted to a poller and renewed for it as often as it asks."""
+    store = await stores.open(lease=30.0)
+    now = time.time()
+    assert await store.lease_source("seq", now)
+    assert await store.lease_source("seq", now + 20)
+    assert await store.lease_source("other", now)
+
+
+async def test_one_poller_per_source_on_a_shared_store() -> None:
+    """Where several workers share a store, the second is refused a source while the
+    first's lease runs, and takes it over once it ran out."""
+    database = MemoryDatabase()
+    first, second = MemoryStore(database, lease=30.0), MemoryStore(database, lease=30.0)
+    assert await first.lease_source("seq", 1000.0)
+    assert not await second.lease_source("seq", 1010.0)
+    assert await first.lease_source("seq", 1020.0)  # renewed: to 1050
+    assert not await second.lease_source("seq", 1049.0)
+    assert await second.lease_source("seq", 1051.0)
+    assert not await first.lease_source("seq", 1052.0)
