@@ -8,10 +8,13 @@ import asyncio
 import base64
 import os
 import socket
+import sqlite3
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,9 @@ import yaml
 
 from feedhook.app import Worker
 from feedhook.config import parse_config
+from feedhook.envelope import make_envelope
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
-from feedhook.store import SqliteStore
+from feedhook.store import IngestItem, SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "whsec_" + base64.b64encode(b"feedhook-test-secret-32-bytes!!!").decode()
@@ -108,6 +112,52 @@ async def running(raw: dict[str, Any], db: Path, grace: float = 2.0) -> AsyncIte
         finally:
             worker.stop()
             await asyncio.wait_for(task, 10)
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+def ingest_item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
+    """Event n of source `seq` (a Sequence job), routed to `subs`."""
+    envelope = make_envelope(
+        source_name="seq",
+        upstream_id=str(n),
+        source="https://x/api",
+        type="sequence.job.created",
+        time=datetime.now(UTC),
+        data={"n": n},
+    )
+    return IngestItem(str(n), envelope, subs)
+
+
+class LockProbe:
+    """A writer beside the code under test, as ingest and delivery are: a small write
+    transaction every 2 ms on the database, each one's wait for the write lock kept."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.waits: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+
+    def __enter__(self) -> LockProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _write(self) -> None:
+        db = sqlite3.connect(self.db, isolation_level=None, timeout=30)
+        while not self._done.is_set():
+            started = time.monotonic()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO sources (name) VALUES ('probe') ON CONFLICT DO NOTHING")
+            db.execute("COMMIT")
+            self.waits.append(time.monotonic() - started)
+            time.sleep(0.002)
+        db.close()
 
 
 # --- the real CLI --------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 import signal
 import sqlite3
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore
 
-from conftest import Cli, eventually, source, subscription
+from conftest import Cli, LockProbe, eventually, source, subscription
 
 
 def base_config(feed: SimFeed, receiver: Receiver, **subs: dict) -> dict:  # type: ignore[type-arg]
@@ -369,29 +368,10 @@ async def test_a_large_replay_never_holds_the_write_lock_long(cli: Cli, tmp_path
             "subscriptions": {"all": {"url": "http://127.0.0.1:9/hook", "types": ["*"]}},
         }
     )
-    waits: list[float] = []
-    done = threading.Event()
-
-    def writer() -> None:
-        db = sqlite3.connect(cli.db, isolation_level=None, timeout=30)
-        while not done.is_set():
-            started = time.monotonic()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO sources (name) VALUES ('probe') ON CONFLICT DO NOTHING")
-            db.execute("COMMIT")
-            waits.append(time.monotonic() - started)
-            time.sleep(0.002)
-        db.close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with LockProbe(cli.db) as probe:
         code, out, err = await cli.run("replay", "-s", "all", "--all", timeout=120)
-    finally:
-        done.set()
-        thread.join()
     assert code == 0 and "queued 500000 event(s)" in out, err
-    assert len(waits) > 50 and max(waits) < 0.5, max(waits)
+    assert len(probe.waits) > 50 and max(probe.waits) < 0.5, max(probe.waits)
 
 
 @pytest.mark.slow

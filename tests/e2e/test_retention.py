@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections import Counter
 
@@ -15,7 +14,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore
 
-from conftest import Cli, eventually, source, subscription
+from conftest import Cli, LockProbe, eventually, source, subscription
 
 
 @pytest.mark.slow
@@ -83,33 +82,14 @@ async def test_pruning_a_large_backlog_keeps_the_lock_short(cli: Cli) -> None:
             ((n, old, old, old) for n in range(1, 300_001)),
         )
     cli.write_config({"sources": {}})
-    waits: list[float] = []
-    done = threading.Event()
-
-    def writer() -> None:
-        db = sqlite3.connect(cli.db, isolation_level=None, timeout=30)
-        while not done.is_set():
-            started = time.monotonic()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO sources (name) VALUES ('probe') ON CONFLICT DO NOTHING")
-            db.execute("COMMIT")
-            waits.append(time.monotonic() - started)
-            time.sleep(0.002)
-        db.close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
     started = time.monotonic()
-    try:
+    with LockProbe(cli.db) as probe:
         code, out, err = await cli.run("prune", timeout=300)
-    finally:
-        done.set()
-        thread.join()
     took = time.monotonic() - started
     assert code == 0, err
     assert "pruned 300,000 delivered deliveries, 0 dead letters and 300,000 events" in out
-    assert len(waits) > 50 and max(waits) < 0.5, (max(waits), took)
-    waits.sort()
+    assert len(probe.waits) > 50 and max(probe.waits) < 0.5, (max(probe.waits), took)
+    waits = sorted(probe.waits)
     print(
         f"\nprune of 300,000: {took:.1f}s; the writer beside it waited"
         f" {waits[len(waits) // 2] * 1000:.1f} ms (median), {waits[-1] * 1000:.0f} ms at most"

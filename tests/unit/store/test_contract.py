@@ -7,25 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from feedhook.envelope import make_envelope
-from feedhook.store import IngestItem, MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store
+from feedhook.store import MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store
 
-
-def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
-    envelope = make_envelope(
-        source_name="seq",
-        upstream_id=str(n),
-        source="https://x/api",
-        type="sequence.job.created",
-        time=datetime.now(UTC),
-        data={"n": n},
-    )
-    return IngestItem(str(n), envelope, subs)
+from conftest import ingest_item
 
 
 class Stores:
@@ -66,8 +54,8 @@ async def store(stores: Stores) -> Store:
 
 async def test_ingest_is_idempotent_per_upstream_id(store: Store) -> None:
     """Re-reading a page never creates a second event or a second delivery."""
-    assert len(await store.ingest("seq", [item(1, ("a", "b")), item(2)], "2")) == 2
-    fresh = await store.ingest("seq", [item(2), item(3)], "3")
+    assert len(await store.ingest("seq", [ingest_item(1, ("a", "b")), ingest_item(2)], "2")) == 2
+    fresh = await store.ingest("seq", [ingest_item(2), ingest_item(3)], "3")
     assert [i.upstream_id for i in fresh] == ["3"]
     assert await store.get_cursor("seq") == "3"
     status = await store.status()
@@ -77,22 +65,22 @@ async def test_ingest_is_idempotent_per_upstream_id(store: Store) -> None:
 
 async def test_ingest_is_one_transaction(store: Store) -> None:
     """A failure mid-page leaves neither the events nor the cursor behind."""
-    await store.ingest("seq", [item(1)], "1")
+    await store.ingest("seq", [ingest_item(1)], "1")
     with pytest.raises(KeyError):
         # an item whose subscription list blows up while the rows are written
         class Boom(tuple):  # type: ignore[type-arg]
             def __iter__(self):  # type: ignore[no-untyped-def]
                 raise KeyError("boom")
 
-        await store.ingest("seq", [item(2, Boom(("a",)))], "2")
+        await store.ingest("seq", [ingest_item(2, Boom(("a",)))], "2")
     assert await store.get_cursor("seq") == "1"
     assert (await store.status()).subscriptions["a"].pending == 1
-    assert len(await store.ingest("seq", [item(2)], "2")) == 1  # the connection still works
+    assert len(await store.ingest("seq", [ingest_item(2)], "2")) == 1  # the connection still works
 
 
 async def test_claim_complete_and_recover(store: Store) -> None:
     """Claimed rows are in flight; outcomes are applied in one batch; a restart re-queues."""
-    await store.ingest("seq", [item(n) for n in range(1, 6)], "5")
+    await store.ingest("seq", [ingest_item(n) for n in range(1, 6)], "5")
     claimed = await store.claim_due("a", now=1e12, limit=3)
     assert [d.envelope_id for d in claimed] == ["seq:1", "seq:2", "seq:3"]
     assert len(await store.claim_due("a", now=1e12, limit=10)) == 2
@@ -134,7 +122,7 @@ async def test_claim_complete_and_recover(store: Store) -> None:
 
 async def test_dead_letter_replay_and_purge(store: Store) -> None:
     """Replay puts the delivery back with a fresh budget; purge forgets it."""
-    await store.ingest("seq", [item(1), item(2), item(3, ("b",))], "3")
+    await store.ingest("seq", [ingest_item(1), ingest_item(2), ingest_item(3, ("b",))], "3")
     deliveries = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
     await store.complete([Outcome(d.id, "dead", 3, at=1.0, reason="x") for d in deliveries])
     letters = await store.list_dead()
@@ -151,7 +139,7 @@ async def test_dead_letter_replay_and_purge(store: Store) -> None:
 
 async def test_dead_letters_page(store: Store) -> None:
     """list_dead pages by id and filters by subscription."""
-    await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 5)], "4")
+    await store.ingest("seq", [ingest_item(n, ("a", "b")) for n in range(1, 5)], "4")
     claimed = await store.claim_due("a", 1e12, 10) + await store.claim_due("b", 1e12, 10)
     await store.complete([Outcome(d.id, "dead", 1, at=1.0, reason="x") for d in claimed])
     first = await store.list_dead(limit=3)
@@ -162,12 +150,12 @@ async def test_dead_letters_page(store: Store) -> None:
 
 async def test_concurrent_transactions_do_not_interleave(store: Store) -> None:
     """Ingest and completions from different tasks share one connection safely."""
-    await store.ingest("seq", [item(n) for n in range(1, 201)], "200")
+    await store.ingest("seq", [ingest_item(n) for n in range(1, 201)], "200")
 
     async def ingest_more() -> None:
         for page in range(10):
             base = 1000 + page * 50
-            await store.ingest("seq", [item(base + n) for n in range(50)], str(base + 49))
+            await store.ingest("seq", [ingest_item(base + n) for n in range(50)], str(base + 49))
 
     async def deliver() -> None:
         for _ in range(20):
@@ -182,7 +170,7 @@ async def test_concurrent_transactions_do_not_interleave(store: Store) -> None:
 async def test_replay_events_on_purpose(store: Store) -> None:
     """Stored events are queued again for a subscription: new pairs are created, delivered
     and dead ones reset (dead letters cleared), in-flight ones left alone."""
-    items = [item(n) for n in range(1, 5)]
+    items = [ingest_item(n) for n in range(1, 5)]
     object.__setattr__(items[3].envelope, "type", "sequence.task.created")
     await store.ingest("seq", items, "4")
     claimed = await store.claim_due("a", 1e12, 10)
@@ -209,7 +197,7 @@ async def test_replay_events_on_purpose(store: Store) -> None:
 async def test_one_claim_serves_many_subscriptions(store: Store) -> None:
     """A claim for several lanes takes at most each lane's share, oldest first, and every
     body travels with its own delivery."""
-    await store.ingest("seq", [item(n, ("a", "b", "c")) for n in range(1, 11)], "10")
+    await store.ingest("seq", [ingest_item(n, ("a", "b", "c")) for n in range(1, 11)], "10")
     claimed = await store.claim({"a": 3, "b": 20, "c": 0}, now=1e12)
     by_lane: dict[str, list[str]] = {}
     for d in claimed:
@@ -228,7 +216,9 @@ async def test_one_claim_serves_a_thousand_subscriptions(store: Store) -> None:
     deliveries, exactly as many as it asked for (SQLite's 500-term limit never applies)."""
     names = [f"s{i:04d}" for i in range(1000)]
     for start in range(0, 30, 10):
-        await store.ingest("seq", [item(n, tuple(names)) for n in range(start, start + 10)], "x")
+        await store.ingest(
+            "seq", [ingest_item(n, tuple(names)) for n in range(start, start + 10)], "x"
+        )
     wants = {name: 1 + i % 17 for i, name in enumerate(names)}
     claimed = await store.claim(wants, now=1e12)
     by_lane: dict[str, list[str]] = {}
@@ -246,7 +236,7 @@ async def test_prune_removes_finished_work_only(store: Store) -> None:
     deliveries, their events and younger rows stay; the delivered count is a lifetime
     total that pruning does not lower."""
     base = time.time()  # rows are written at the real time: the test's clock runs ahead
-    await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 7)], "6")
+    await store.ingest("seq", [ingest_item(n, ("a", "b")) for n in range(1, 7)], "6")
     claimed = await store.claim({"a": 10, "b": 10}, now=1e12)
     a = sorted((d for d in claimed if d.subscription == "a"), key=lambda d: d.id)
     b = sorted((d for d in claimed if d.subscription == "b"), key=lambda d: d.id)
@@ -283,7 +273,7 @@ async def test_a_worker_leaves_another_workers_live_claims_alone(stores: Stores)
     worker's late outcome for them is ignored (the claim is no longer its)."""
     first, second = await stores.open(lease=30.0), await stores.open(lease=30.0)
     t = time.time() + 1  # after the rows' ingest: they are due
-    await first.ingest("seq", [item(n) for n in range(1, 6)], "5")
+    await first.ingest("seq", [ingest_item(n) for n in range(1, 6)], "5")
     mine = await first.claim({"a": 3}, now=t + 0)
     assert await second.recover_in_flight(now=t + 10) == 0
     theirs = await second.claim({"a": 10}, now=t + 10)
@@ -304,7 +294,7 @@ async def test_release_and_outcomes_apply_to_ones_own_claims(stores: Stores) -> 
     """A worker cannot release or complete a delivery another worker holds."""
     first, second = await stores.open(), await stores.open()
     t = time.time() + 1
-    await first.ingest("seq", [item(1)], "1")
+    await first.ingest("seq", [ingest_item(1)], "1")
     (held,) = await first.claim({"a": 1}, now=t + 0)
     await second.release([held.id])
     await second.complete([Outcome(held.id, "dead", 1, at=t + 1, reason="x")])
@@ -319,9 +309,9 @@ async def test_work_arriving_wakes_the_dispatchers(stores: Stores) -> None:
     store = await stores.open()
     woken: list[str] = []
     store.on_work(lambda: woken.append("x"))
-    await store.ingest("seq", [item(1, ())], "1")  # an event nobody receives: no work
+    await store.ingest("seq", [ingest_item(1, ())], "1")  # an event nobody receives: no work
     assert woken == []
-    await store.ingest("seq", [item(2)], "2")
+    await store.ingest("seq", [ingest_item(2)], "2")
     assert len(woken) == 1
     (delivery,) = await store.claim({"a": 1}, now=time.time() + 1)
     await store.complete([Outcome(delivery.id, "dead", 1, at=time.time(), reason="x")])

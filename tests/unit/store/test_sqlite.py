@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from feedhook.envelope import make_envelope
-from feedhook.store import IngestItem, Outcome, SqliteStore, StoreError
+from feedhook.store import Outcome, SqliteStore, StoreError
 from feedhook.store.sqlite import SCHEMA_VERSION
 
-
-def item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
-    envelope = make_envelope(
-        source_name="seq",
-        upstream_id=str(n),
-        source="https://x/api",
-        type="sequence.job.created",
-        time=datetime.now(UTC),
-        data={"n": n},
-    )
-    return IngestItem(str(n), envelope, subs)
+from conftest import ingest_item
 
 
 @pytest.fixture
@@ -71,7 +59,7 @@ async def test_trigger_counts_match_the_rows(tmp_path: Path) -> None:
     """The per-subscription counts kept by triggers equal a full count at every step."""
     path = tmp_path / "c.db"
     async with SqliteStore(path) as store:
-        await store.ingest("seq", [item(n, ("a", "b")) for n in range(1, 21)], "20")
+        await store.ingest("seq", [ingest_item(n, ("a", "b")) for n in range(1, 21)], "20")
         assert counted(await store.counts()) == truth(path)
         claimed = await store.claim_due("a", 1e12, 15)
         assert counted(await store.counts()) == truth(path)
@@ -101,7 +89,7 @@ async def test_migration_backfills_counts(tmp_path: Path) -> None:
     module.SCHEMA_VERSION = 1
     try:
         async with SqliteStore(path) as store:
-            await store.ingest("seq", [item(n, ("a",)) for n in range(1, 6)], "5")
+            await store.ingest("seq", [ingest_item(n, ("a",)) for n in range(1, 6)], "5")
             # Written as that version's code did: one dead, one in flight.
             await store.db.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1")
             await store.db.execute("UPDATE deliveries SET state = 'in_flight' WHERE id = 2")
@@ -124,9 +112,9 @@ async def test_a_task_cancelled_while_beginning_leaves_no_transaction_open(
     writes (outcomes) are committed, not swallowed by a transaction nobody commits."""
     path = tmp_path / "t.db"
     async with SqliteStore(path) as store:
-        await store.ingest("seq", [item(1)], "1")
+        await store.ingest("seq", [ingest_item(1)], "1")
         (claimed,) = await store.claim_due("a", 1e12, 10)
-        task = asyncio.create_task(store.ingest("seq", [item(2)], "2"))
+        task = asyncio.create_task(store.ingest("seq", [ingest_item(2)], "2"))
         await asyncio.sleep(0)  # the ingest now waits on its BEGIN
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -148,7 +136,7 @@ async def test_a_write_waits_for_another_process_lock(
     async with SqliteStore(path) as store:
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        writing = asyncio.ensure_future(store.ingest("seq", [item(1)], "1"))
+        writing = asyncio.ensure_future(store.ingest("seq", [ingest_item(1)], "1"))
         await asyncio.sleep(0.2)
         assert not writing.done()  # waiting for the lock, not failed
         other.execute("COMMIT")
@@ -156,7 +144,7 @@ async def test_a_write_waits_for_another_process_lock(
 
         monkeypatch.setattr("feedhook.store.sqlite.LOCK_WAIT", 0.2)
         other.execute("BEGIN IMMEDIATE")
-        writing = asyncio.ensure_future(store.ingest("seq", [item(2)], "2"))
+        writing = asyncio.ensure_future(store.ingest("seq", [ingest_item(2)], "2"))
         await asyncio.sleep(0.6)
         assert not writing.done() and store.locked_since is not None
         other.execute("ROLLBACK")
