@@ -82,6 +82,17 @@ def subscription(receiver: Receiver, name: str, **overrides: Any) -> dict[str, A
     }
 
 
+def one_feed(feed: SimFeed, receiver: Receiver, **subscriptions: dict[str, Any]) -> dict[str, Any]:
+    """The config most tests share: the simulated feed as source `seq`, and one
+    subscription per keyword (with its settings), posting to the receiver at its name."""
+    return {
+        "sources": {"seq": source(feed)},
+        "subscriptions": {
+            name: subscription(receiver, name, **spec) for name, spec in subscriptions.items()
+        },
+    }
+
+
 async def eventually(
     check: Callable[[], bool] | Callable[[], Awaitable[bool]],
     timeout: float = 15.0,

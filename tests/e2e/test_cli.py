@@ -16,16 +16,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore
 
-from conftest import Cli, LockProbe, eventually, source, subscription
-
-
-def base_config(feed: SimFeed, receiver: Receiver, **subs: dict) -> dict:  # type: ignore[type-arg]
-    return {
-        "sources": {"seq": source(feed)},
-        "subscriptions": {
-            name: subscription(receiver, name, **spec) for name, spec in subs.items()
-        },
-    }
+from conftest import Cli, LockProbe, eventually, one_feed, source, subscription
 
 
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -93,7 +84,7 @@ async def test_sigterm_lets_in_flight_finish_and_exits_0(
     """SIGTERM stops polling, lets in-flight deliveries finish, exits 0; nothing is lost."""
     sequence_feed.add_events(300)
     receiver.answer("all", 200, delay=0.3)
-    cli.write_config(base_config(sequence_feed, receiver, all={"max_in_flight": 10}))
+    cli.write_config(one_feed(sequence_feed, receiver, all={"max_in_flight": 10}))
     proc = await cli.start("run", "--grace", "5s")
     await eventually(lambda: len(receiver.received) >= 20, what="deliveries under way")
     started = time.monotonic()
@@ -115,7 +106,7 @@ async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: 
     """400 -> dead letter; list, show; fix the receiver; replay reaches it within seconds."""
     sequence_feed.add_events(3)
     receiver.answer("strict", 400)
-    cli.write_config(base_config(sequence_feed, receiver, strict={}, ok={}))
+    cli.write_config(one_feed(sequence_feed, receiver, strict={}, ok={}))
     proc = await cli.start("run")
     try:
 
@@ -169,7 +160,7 @@ async def test_dlq_purge_and_bad_usage(
     """purge deletes; missing ids and missing arguments are usage errors."""
     sequence_feed.add_events(2)
     receiver.answer("strict", 422)
-    cli.write_config(base_config(sequence_feed, receiver, strict={}))
+    cli.write_config(one_feed(sequence_feed, receiver, strict={}))
     proc = await cli.start("run")
     try:
 
@@ -208,7 +199,7 @@ async def test_status_without_database(cli: Cli) -> None:
 
 async def test_send_test(cli: Cli, sequence_feed: SimFeed, receiver: Receiver) -> None:
     """send-test posts one signed test event and reports the answer."""
-    cli.write_config(base_config(sequence_feed, receiver, hook={}))
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     code, out, _ = await cli.run("send-test", "hook")
     assert code == 0 and "answered HTTP 200" in out
     assert json.loads(receiver.received[0].body)["type"] == "feedhook.test.sent"
@@ -234,7 +225,7 @@ async def test_replay_stored_events_to_a_new_subscription(
 ) -> None:
     """A subscription added later receives past events only when replayed on purpose."""
     sequence_feed.add_events(9)
-    config = base_config(sequence_feed, receiver, first={})
+    config = one_feed(sequence_feed, receiver, first={})
     cli.write_config(config)
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok("first")) == 9, what="first deliveries")
@@ -267,7 +258,7 @@ async def test_status_never_calls_a_source_that_never_answered_ok(
     """A source whose credentials are rejected from the start: `status` shows its
     starting cursor and the error, and "last ok: never" (storing the first cursor is
     not a successful poll)."""
-    config = base_config(sequence_feed, receiver, all={})
+    config = one_feed(sequence_feed, receiver, all={})
     config["sources"]["seq"]["start"] = "earliest"
     config["sources"]["seq"]["events_url"] = f"{sequence_feed.api_url}/events"
     config["sources"]["seq"]["password"] = "wrong"
@@ -295,7 +286,7 @@ async def test_debug_logging_is_no_sql_firehose(
     envelopes and cursors as parameters."""
     sequence_feed.add_events(5)
     cli.env["FEEDHOOK_LOG_LEVEL"] = "DEBUG"
-    cli.write_config(base_config(sequence_feed, receiver, all={}))
+    cli.write_config(one_feed(sequence_feed, receiver, all={}))
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok()) == 5)
     _, err = await stop(proc)
@@ -310,7 +301,7 @@ async def test_replay_sends_only_what_the_subscription_would_have_received(
     """`replay -s SUB --all` on a subscription with types, sources and a filter queues
     only the stored events it would have received; ids that are not stored are named."""
     sequence_feed.add_events(30)
-    config = base_config(
+    config = one_feed(
         sequence_feed,
         receiver,
         all={},

@@ -18,16 +18,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore, StoreError
 
-from conftest import Cli, eventually, source, subscription
-
-
-def _config(cli: Cli, feed: SimFeed, receiver: Receiver) -> None:
-    cli.write_config(
-        {
-            "sources": {"seq": source(feed)},
-            "subscriptions": {"all": subscription(receiver, "all")},
-        }
-    )
+from conftest import Cli, eventually, one_feed
 
 
 def _not_a_database(tmp: Path) -> tuple[str, str]:
@@ -127,7 +118,7 @@ async def test_a_second_run_on_the_same_database_exits_naming_the_holder(
     """Two `feedhook run` on one SQLite file: the second exits 1 at once, naming the
     database and the holder's pid and host; the first keeps delivering, once each."""
     sequence_feed.add_events(50)
-    _config(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, all={}))
     first = await cli.start("run")
     try:
         await eventually(lambda: len(receiver.received) >= 50, what="the first run delivers")
@@ -161,7 +152,7 @@ async def test_a_database_deleted_or_replaced_while_running_stops_the_worker(
     """The file removed (or swapped for another) under a running worker: readiness goes
     red, the log says why, and `feedhook run` exits 1 within a few seconds."""
     sequence_feed.add_events(5)
-    _config(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, all={}))
     proc = await cli.start("run")
     try:
         await eventually(lambda: len(receiver.received) >= 5, what="deliveries")
@@ -194,7 +185,7 @@ async def test_feedhook_db_takes_a_sqlite_url(
     """FEEDHOOK_DB=sqlite:///path names the same file as the plain path: `run` writes
     it (ingest process included) and `status` reads it."""
     sequence_feed.add_events(3)
-    _config(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, all={}))
     cli.env["FEEDHOOK_DB"] = f"sqlite:///{cli.db}"  # an absolute path: four slashes
     proc = await cli.start("run")
     try:

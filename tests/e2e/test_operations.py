@@ -18,7 +18,7 @@ import pytest
 
 from feedhook.sim import Fault, Receiver, SimFeed, SimModulo, SimTeamHub
 
-from conftest import Cli, eventually, modulo_source, source, subscription, teamhub_source
+from conftest import Cli, eventually, modulo_source, one_feed, source, subscription, teamhub_source
 
 SENTINEL = "Sentinel7x9q"
 
@@ -113,7 +113,7 @@ async def test_log_lines_carry_fields(cli: Cli, sequence_feed: SimFeed, receiver
     readable and carries them too."""
     sequence_feed.add_events(1)
     receiver.plan("hook", [500])
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     for fmt in ("json", "text"):
         cli.env["FEEDHOOK_LOG_FORMAT"] = fmt
         cli.db.unlink(missing_ok=True)
@@ -218,16 +218,6 @@ async def test_sentinel_secret_never_shows(
     assert f"hdr-{SENTINEL}" in received  # the header did reach the receiver
 
 
-def _one_hook(cli: Cli, feed: SimFeed, receiver: Receiver) -> None:
-    """One Sequence feed, one subscription called "hook"."""
-    cli.write_config(
-        {
-            "sources": {"seq": source(feed)},
-            "subscriptions": {"hook": subscription(receiver, "hook")},
-        }
-    )
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -257,7 +247,7 @@ async def test_a_killed_ingest_process_is_started_again(
     catch-up, it is started again and resumes from the stored cursor: every event is
     delivered exactly once, and readiness and metrics keep reporting the source."""
     sequence_feed.add_events(3000)
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok()) >= 100, what="the first deliveries")
     (child,) = _children(proc.pid)
@@ -287,7 +277,7 @@ async def test_the_ingest_process_follows_its_parent_out(
 ) -> None:
     """A `feedhook run` killed outright leaves no poller behind: its ingest process sees
     the pipe close and stops."""
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     proc = await cli.start("run")
     sequence_feed.add_events(1)
     await eventually(lambda: len(receiver.ok()) == 1, what="a delivery")
@@ -301,7 +291,7 @@ async def test_one_process_when_asked(cli: Cli, sequence_feed: SimFeed, receiver
     """FEEDHOOK_INGEST_PROCESS=false (a one-core container): the pollers run inside
     `feedhook run`, with no child process, and deliver all the same."""
     cli.env["FEEDHOOK_INGEST_PROCESS"] = "false"
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     proc = await cli.start("run")
     sequence_feed.add_events(3)
     await eventually(lambda: len(receiver.ok()) == 3, what="the deliveries")
@@ -361,7 +351,7 @@ async def test_an_ingest_process_that_keeps_dying_shows_in_readiness_and_metrics
     turns `failing` in /readyz with the cause, and a metric counts the restarts."""
     sequence_feed.slow_seconds = 30.0
     sequence_feed.inject(Fault.SLOW, times=100)  # no poll ever completes
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     proc = await cli.start("run")
     try:
         await eventually(lambda: len(_children(proc.pid)) == 1, what="the ingest process")
@@ -505,7 +495,7 @@ async def test_a_database_locked_by_another_program_is_waited_out(
     """Another program holds the write lock for 12 s: `feedhook run` waits (readiness
     says why), exits nothing, and delivers everything once the lock is released."""
     sequence_feed.add_events(10)
-    _one_hook(cli, sequence_feed, receiver)
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok()) == 10, what="the first events")
     other = sqlite3.connect(cli.db, isolation_level=None)

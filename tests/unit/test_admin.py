@@ -20,7 +20,7 @@ from feedhook.settings import Settings
 from feedhook.sim import Fault, Receiver, SimFeed
 from feedhook.store import SqliteStore
 
-from conftest import eventually, free_port, source, subscription
+from conftest import eventually, free_port, one_feed, subscription
 
 TOKEN = "admin-token-for-tests"
 
@@ -78,13 +78,6 @@ async def admin_for(
             await server.stop()
 
 
-def config(feed: SimFeed, receiver: Receiver, **subs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "sources": {"seq": source(feed)},
-        "subscriptions": {n: subscription(receiver, n, **spec) for n, spec in subs.items()},
-    }
-
-
 async def test_not_ready_until_the_store_is_open() -> None:
     """Before the worker exists: alive, not ready; the API answers JSON 503."""
     runtime = Runtime()
@@ -110,7 +103,7 @@ async def test_health_readiness_and_a_failing_source(
     """Ready with per-source state; a source failing longer than 3 polls shows as failing
     while readiness stays 200."""
     sequence_feed.add_events(3)
-    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, all={})) as admin:
         assert (await admin.call("GET", "/healthz"))[0] == 200
         await eventually(lambda: len(receiver.ok()) == 3)
         status, body = await admin.call("GET", "/readyz")
@@ -134,7 +127,7 @@ async def test_metrics_move_with_the_work(
     """Counters, histograms and gauges follow ingest, delivery, failures and replays."""
     sequence_feed.add_events(9)
     receiver.answer("strict", 400)
-    raw = config(sequence_feed, receiver, all={}, strict={"types": ["sequence.job.*"]})
+    raw = one_feed(sequence_feed, receiver, all={}, strict={"types": ["sequence.job.*"]})
     async with admin_for(tmp_path, raw) as admin:
         await eventually(lambda: len(receiver.ok("all")) == 9)
 
@@ -174,7 +167,7 @@ async def test_api_needs_the_token(
     tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
 ) -> None:
     """401 without or with a wrong token; no /api at all without FEEDHOOK_ADMIN_TOKEN."""
-    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, all={})) as admin:
         assert (await admin.call("GET", "/api/status", token=None))[0] == 401
         status, body = await admin.call("GET", "/api/status", token="wrong")
         assert status == 401 and "Bearer" in body["error"]
@@ -182,7 +175,7 @@ async def test_api_needs_the_token(
         assert status == 200 and body["sources"]["seq"]["state"] in ("ok", "starting")
         assert body["subscriptions"]["all"]["pending"] == 0
     async with admin_for(
-        tmp_path / "x", config(sequence_feed, receiver, all={}), token=None
+        tmp_path / "x", one_feed(sequence_feed, receiver, all={}), token=None
     ) as admin:
         assert (await admin.call("GET", "/api/status"))[0] == 404
         assert (await admin.call("GET", "/metrics"))[0] == 200
@@ -192,7 +185,7 @@ async def test_dead_letter_api(tmp_path: Path, sequence_feed: SimFeed, receiver:
     """List (paged), inspect, replay one, replay in bulk, delete; 400s and 404s as JSON."""
     sequence_feed.add_events(5)
     receiver.answer("strict", 410)
-    async with admin_for(tmp_path, config(sequence_feed, receiver, strict={})) as admin:
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, strict={})) as admin:
 
         async def five_dead() -> bool:
             _, body = await admin.call("GET", "/api/dead-letters?subscription=strict")
@@ -245,7 +238,7 @@ async def test_reload_adds_removes_and_rejects(
     deliveries and its pending ones stay visible; an invalid file changes nothing."""
     sequence_feed.add_events(4)
     receiver.answer("old", 503)  # keeps its deliveries pending
-    raw = config(sequence_feed, receiver, old={"retry": {"schedule": ["1h"]}}, keep={})
+    raw = one_feed(sequence_feed, receiver, old={"retry": {"schedule": ["1h"]}}, keep={})
     async with admin_for(tmp_path, raw) as admin:
         await eventually(lambda: len(receiver.ok("keep")) == 4)
         await eventually(lambda: len(receiver.received) == 8, what="old's failed attempts")
@@ -284,7 +277,7 @@ async def test_reload_restarts_a_changed_source(
 ) -> None:
     """A source whose settings change is restarted from its stored cursor: no event twice."""
     sequence_feed.add_events(5)
-    raw = config(sequence_feed, receiver, all={})
+    raw = one_feed(sequence_feed, receiver, all={})
     async with admin_for(tmp_path, raw) as admin:
         await eventually(lambda: len(receiver.ok()) == 5)
         raw["sources"]["seq"]["poll_interval"] = "150ms"
@@ -302,7 +295,7 @@ async def test_open_endpoints_need_no_token(
     tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver, path: str
 ) -> None:
     """Health, readiness and metrics are for probes and scrapers: no token."""
-    async with admin_for(tmp_path, config(sequence_feed, receiver, all={})) as admin:
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, all={})) as admin:
         await eventually(lambda: admin.worker.health["seq"].last_success_at is not None)
         assert (await admin.call("GET", path, token=None))[0] == 200
 
@@ -313,7 +306,7 @@ async def test_a_reload_that_changes_a_subscription_says_so(
     """A subscription whose URL changes is reported as changed, not "nothing changed",
     and the next events go to the new URL."""
     sequence_feed.add_events(1)
-    raw = config(sequence_feed, receiver, hook={})
+    raw = one_feed(sequence_feed, receiver, hook={})
     async with admin_for(tmp_path, raw) as admin:
         await eventually(lambda: len(receiver.ok("hook")) == 1)
         raw["subscriptions"]["hook"]["url"] = receiver.url("moved")
@@ -329,7 +322,7 @@ async def test_hostile_api_input_gets_4xx_not_500(
 ) -> None:
     """An id beyond 64 bits answers 400; an Authorization header with bytes that are not
     UTF-8 answers 401; neither is an internal error."""
-    async with admin_for(tmp_path, config(sequence_feed, receiver, hook={})) as admin:
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, hook={})) as admin:
         for path in ("/api/dead-letters/99999999999999999999999999", "/api/dead-letters/0"):
             status, body = await admin.call("GET", path)
             assert status == 400 and "whole number" in body["error"]
