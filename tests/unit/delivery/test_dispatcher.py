@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from feedhook.config import SubscriptionConfig
 from feedhook.delivery import Dispatcher
 from feedhook.delivery.policy import AttemptResult
 from feedhook.delivery.signing import Signer
-from feedhook.envelope import make_envelope
 from feedhook.store import IngestItem, MemoryStore
 
-from conftest import eventually
+from conftest import eventually, ingest_item
 
 
 class ScriptedSender:
@@ -47,18 +45,7 @@ def sub(url: str, **extra: object) -> SubscriptionConfig:
 
 
 def items(count: int, subscriptions: tuple[str, ...]) -> list[IngestItem]:
-    out = []
-    for n in range(1, count + 1):
-        envelope = make_envelope(
-            source_name="seq",
-            upstream_id=str(n),
-            source="https://x/api",
-            type="sequence.job.created",
-            time=datetime.now(UTC),
-            data={},
-        )
-        out.append(IngestItem(str(n), envelope, subscriptions))
-    return out
+    return [ingest_item(n, subscriptions) for n in range(1, count + 1)]
 
 
 async def test_every_lane_delivers_retries_and_dead_letters() -> None:
