@@ -23,8 +23,9 @@ import yaml
 
 from feedhook.app import Worker
 from feedhook.config import parse_config
-from feedhook.envelope import make_envelope
+from feedhook.envelope import Envelope, make_envelope
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
+from feedhook.sources.base import Page, Source
 from feedhook.store import IngestItem, SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -123,6 +124,23 @@ async def running(raw: dict[str, Any], db: Path, grace: float = 2.0) -> AsyncIte
         finally:
             worker.stop()
             await asyncio.wait_for(task, 10)
+
+
+# --- feeds --------------------------------------------------------------------------
+
+
+async def poll(feed: Source, cursor: str, pages: list[Page] | None = None) -> Page:
+    """One whole poll, as the poller makes it: fetch until the feed has no more for now.
+    The events of every page, the last cursor; each page also kept in `pages`."""
+    events: list[tuple[str, Envelope]] = []
+    while True:
+        page = await feed.fetch(cursor)
+        if pages is not None:
+            pages.append(page)
+        events += page.events
+        cursor = page.cursor
+        if not page.more:
+            return Page(events=events, cursor=cursor, more=False)
 
 
 # --- the store ----------------------------------------------------------------------

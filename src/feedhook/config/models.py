@@ -142,7 +142,8 @@ class TeamHubConfig(_LatestOrEarliest):
     project: str | None = None
     operation: str | None = None
     target: str | None = None
-    page_size: int = Field(default=100, ge=1, le=1000)
+    # At least 2: a walk's pages overlap to notice offsets shifting (sources/teamhub.py).
+    page_size: int = Field(default=100, ge=2, le=1000)
     live_events: Literal["on_complete", "each_update"] = "on_complete"
     live_timeout: Duration = 3600.0
     # How far below the newest event each scan reaches, ids kept: an event that shows up

@@ -40,6 +40,12 @@ class Page:
 
 
 class Source(Protocol):
+    """A configured upstream's feed client. `fetch` means the same for every kind: one
+    list request to the upstream (one page of events), so the poller's
+    read-ahead, back-pressure and memory bound hold for all of them. A poll that needs
+    several requests (a TeamHub walk, a Modulo round over event codes) keeps its place in
+    the cursor and answers `more=True` until it is done."""
+
     name: str
     poll_interval: float
     max_backoff: float
@@ -52,7 +58,8 @@ class Source(Protocol):
         ...
 
     async def fetch(self, cursor: str) -> Page:
-        """The next page after `cursor`. Raises FeedError."""
+        """The next page after `cursor` (possibly empty while a walk is under way).
+        Raises FeedError."""
         ...
 
 

@@ -2,12 +2,14 @@
 
 `GET /events?limit=&offset=` answers newest first and offsets shift while new events
 arrive, so the cursor is a high-water mark: the newest timestamp seen, and the ids of the
-events seen within `overlap` of it. Each poll pages from offset 0 through that window,
-hands the events it does not know over oldest first, and stops below the window. An
-event that appears late with an earlier timestamp (a back-dated build, a server's clock
-skew) is still delivered, once, if it falls inside the window; an older one is logged as
-arriving too late to be seen. Live events (progress below 100) change in place; they are
-held in the cursor and re-read with `GET /events/:id` until they complete.
+events seen within `overlap` of it. A poll walks the list one page per fetch (`Scan`):
+down from offset 0 through that window, looking only, then back up from the deepest page
+with news, handing each page's new events over oldest first. Catching up after a long
+stop therefore holds one page at a time and delivers in order. An event that appears late
+with an earlier timestamp (a back-dated build, a server's clock skew) is still delivered,
+once, if it falls inside the window; an older one is logged as arriving too late to be
+seen. Live events (progress below 100) change in place; they are held in the cursor and
+re-read with `GET /events/:id` at the end of each walk until they complete.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,23 +74,57 @@ class Held:
 
 
 @dataclass
+class Scan:
+    """Where a poll's walk through the newest-first list is, kept in the cursor so that
+    each fetch reads one page. Down from offset 0 (looking only) until below what is
+    known, noting the deepest page with news; then up again, taking each page's news,
+    oldest page first, so events arrive in order and only one page is ever held."""
+
+    cutoff: datetime | None  # the overlap window's bottom when the walk began
+    offset: int = 0
+    climbing: bool = False
+    deepest: int | None = None  # on the way down: the deepest page holding news
+    reached_known: bool = False  # on the way down: an event already taken was passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cutoff": self.cutoff.isoformat() if self.cutoff else None,
+            "offset": self.offset,
+            "climbing": self.climbing,
+            "deepest": self.deepest,
+            "reached_known": self.reached_known,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Scan:
+        return cls(
+            cutoff=datetime.fromisoformat(raw["cutoff"]) if raw["cutoff"] else None,
+            offset=int(raw["offset"]),
+            climbing=bool(raw["climbing"]),
+            deepest=None if raw["deepest"] is None else int(raw["deepest"]),
+            reached_known=bool(raw["reached_known"]),
+        )
+
+
+@dataclass
 class Cursor:
     """The high-water mark, the ids seen within the overlap window below it (with their
-    timestamps), and the live events being watched; stored as JSON."""
+    timestamps), the live events being watched, and the walk under way; stored as JSON."""
 
     newest: datetime | None = None
     seen: dict[str, datetime] = field(default_factory=dict)
     held: dict[str, Held] = field(default_factory=dict)
+    scan: Scan | None = None
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "newest": self.newest.isoformat() if self.newest else None,
-                "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
-                "held": {k: v.to_json() for k, v in sorted(self.held.items())},
-            },
-            separators=(",", ":"),
-        )
+        raw: dict[str, Any] = {
+            "newest": self.newest.isoformat() if self.newest else None,
+            "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
+            "held": {k: v.to_json() for k, v in sorted(self.held.items())},
+        }
+        if self.scan is not None:
+            raw["scan"] = self.scan.to_json()
+        return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
     def load(cls, text: str) -> Cursor:
@@ -106,6 +142,7 @@ class Cursor:
                     k: Held(float(v["deadline"]), int(v["progress"]))
                     for k, v in raw["held"].items()
                 },
+                scan=Scan.from_json(raw["scan"]) if raw.get("scan") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FeedError(
@@ -296,15 +333,95 @@ class TeamHubFeed(HttpFeed):
         return timedelta(seconds=self.config.overlap)
 
     async def fetch(self, cursor_text: str) -> Page:
+        """One list request of the poll's walk (see `Scan`); the walk's last page also
+        re-reads the live events being watched."""
         self._invalid_utf8.clear()
         cursor = Cursor.load(cursor_text)
-        fresh = await self._read_new(cursor)
+        watched = list(cursor.held)
+        scan = cursor.scan or Scan(cutoff=cursor.cutoff(self._overlap))
+        results, next_offset = await self.read_page(scan.offset)
+        if not scan.climbing:
+            self._look_down(cursor, scan, results)
+            at_bottom = next_offset is None or (
+                self._below(scan, results[-1]) and (scan.reached_known or scan.deepest is None)
+            )
+            if not at_bottom:
+                assert next_offset is not None
+                return self._walk_on(cursor, replace(scan, offset=next_offset))
+            if scan.deepest is None:  # nothing new anywhere
+                cursor.scan = None
+                return await self._end_of_poll(cursor, [], watched)
+            scan = replace(scan, climbing=True)
+            if scan.deepest != scan.offset:
+                return self._walk_on(cursor, replace(scan, offset=scan.deepest))
+            # else the page in hand is the deepest one with news: taken now
+        elif next_offset is not None and results and not self._known(cursor, scan, results[-1]):
+            # Events arrived at the top since the last page and pushed unread ones below
+            # this one: step down until a page ends on an event already taken.
+            return self._walk_on(cursor, replace(scan, offset=scan.offset + len(results) - 1))
+        events = self._take(cursor, scan, results)
+        if scan.offset == 0:
+            cursor.scan = None
+            return await self._end_of_poll(cursor, events, watched)
+        # Up one page, overlapping the last by a quarter: the next page must end on an
+        # event taken already, which holds while fewer new events than that arrive
+        # between two requests (else the walk steps back down and reads the gap).
+        size = self.config.page_size
+        up = max(0, scan.offset - (size - max(1, size // 4)))
+        return self._walk_on(cursor, replace(scan, offset=up), events)
+
+    def _walk_on(
+        self, cursor: Cursor, scan: Scan, events: list[tuple[str, Envelope]] | None = None
+    ) -> Page:
+        cursor.scan = scan
+        return Page(events=events or [], cursor=cursor.dump(), more=True)
+
+    def _below(self, scan: Scan, event: dict[str, Any]) -> bool:
+        moment = read_time(event.get("timestamp"))
+        return scan.cutoff is not None and moment is not None and moment < scan.cutoff
+
+    def _known(self, cursor: Cursor, scan: Scan, event: dict[str, Any]) -> bool:
+        return _event_id(event) in cursor.seen or self._below(scan, event)
+
+    def _look_down(self, cursor: Cursor, scan: Scan, results: list[dict[str, Any]]) -> None:
+        """On the way down: note the deepest page with news, and what arrived too late."""
+        for event in results:
+            event_id = _event_id(event)
+            if event_id in cursor.seen:
+                scan.reached_known = True
+            elif self._below(scan, event):
+                if not scan.reached_known:  # above events we know: it arrived late
+                    self._too_late(event_id, event.get("timestamp"), scan.cutoff)
+            else:
+                scan.deepest = scan.offset
+
+    def _take(
+        self, cursor: Cursor, scan: Scan, results: list[dict[str, Any]]
+    ) -> list[tuple[str, Envelope]]:
+        """The page's news, oldest first, each id once (shifting offsets show an event
+        twice); the cursor advances past them."""
+        found: dict[str, tuple[datetime | None, dict[str, Any]]] = {}
+        for event in results:
+            event_id = _event_id(event)
+            moment = read_time(event.get("timestamp"))
+            if event_id in cursor.seen:
+                if moment is None:  # no time to age out by: kept while it is still listed
+                    cursor.seen[event_id] = cursor.newest or _EPOCH
+            elif not self._below(scan, event) and event_id not in found:
+                found[event_id] = (moment, event)
         events: list[tuple[str, Envelope]] = []
-        watched = dict(cursor.held)  # re-read below; new arrivals are judged as they come
-        for moment, event in fresh:
+        for moment, event in sorted(reversed(found.values()), key=lambda p: p[0] or _EPOCH):
             cursor.advance(moment or cursor.newest or _EPOCH, _event_id(event), self._overlap)
             events.extend(self._observe(cursor, event, first_sight=True))
+        return events
+
+    async def _end_of_poll(
+        self, cursor: Cursor, events: list[tuple[str, Envelope]], watched: Sequence[str]
+    ) -> Page:
+        """The walk is over: the live events watched before this page are read again."""
         for event_id in watched:
+            if event_id not in cursor.held:
+                continue
             current = await self.read_event(event_id)
             if current is None:
                 log.warning(
@@ -318,45 +435,17 @@ class TeamHubFeed(HttpFeed):
             events.extend(self._observe(cursor, current, first_sight=False))
         return Page(events=events, cursor=cursor.dump(), more=False)
 
-    async def _read_new(self, cursor: Cursor) -> list[tuple[datetime | None, dict[str, Any]]]:
-        """The events not seen before, down through the overlap window, oldest first,
-        each id once (shifting offsets show an event twice)."""
-        cutoff = cursor.cutoff(self._overlap)
-        found: dict[str, tuple[datetime | None, dict[str, Any]]] = {}
-        reached_known = not cursor.seen
-        offset: int | None = 0
-        while offset is not None:
-            results, next_offset = await self.read_page(offset)
-            below_window = False
-            for event in results:
-                event_id = _event_id(event)
-                moment = read_time(event.get("timestamp"))
-                if event_id in cursor.seen:
-                    reached_known = True
-                    if moment is None:  # no time to age out by: kept while it is still listed
-                        cursor.seen[event_id] = cursor.newest or _EPOCH
-                elif cutoff is not None and moment is not None and moment < cutoff:
-                    below_window = True
-                    if not reached_known:  # above events we know: it arrived late
-                        self._too_late(event_id, moment, cutoff)
-                elif event_id not in found:
-                    found[event_id] = (moment, event)
-            # Below the window once what is known has been passed (or on a page that
-            # held nothing else): the rest of the feed is older still.
-            offset = None if below_window and (reached_known or not found) else next_offset
-        return sorted(reversed(found.values()), key=lambda pair: pair[0] or _EPOCH)
-
     def _normalize(self, event: dict[str, Any], upstream_id: str, live: bool = False) -> Envelope:
         utf8 = [INVALID_UTF8] if id(event) in self._invalid_utf8 else []
         return normalize(self.name, self.api_url, event, upstream_id, live, utf8)
 
-    def _too_late(self, event_id: str, moment: datetime, cutoff: datetime) -> None:
+    def _too_late(self, event_id: str, moment: object, cutoff: datetime | None) -> None:
         log.warning(
             "%s: event %s (%s) arrived too late to be seen: it is older than the %gs"
             " overlap window below the newest event; raise `overlap` to catch such events",
             self.name,
             event_id,
-            moment.isoformat(),
+            moment,
             self.config.overlap,
             extra={"source": self.name, "envelope_id": f"{self.name}:{event_id}"},
         )

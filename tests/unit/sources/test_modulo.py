@@ -14,7 +14,7 @@ from feedhook.sim import Fault, SimModulo
 from feedhook.sources import FeedError, ModuloFeed
 from feedhook.sources.modulo import ACTIONS, normalize, parse_date
 
-from conftest import FIXTURES, modulo_source
+from conftest import FIXTURES, modulo_source, poll
 
 WS = "https://grc.example.com/WorkflowWS"
 
@@ -29,13 +29,8 @@ async def opened(sim: SimModulo, codes: list[str], **overrides: Any) -> ModuloFe
 
 async def drain(feed: ModuloFeed, cursor: str) -> tuple[list[str], str]:
     """One full round over every event code."""
-    ids: list[str] = []
-    while True:
-        page = await feed.fetch(cursor)
-        ids += [uid for uid, _ in page.events]
-        cursor = page.cursor
-        if not page.more:
-            return ids, cursor
+    page = await poll(feed, cursor)
+    return [uid for uid, _ in page.events], page.cursor
 
 
 def test_seed_example_becomes_envelopes() -> None:

@@ -12,9 +12,10 @@ from feedhook import clock
 from feedhook.config import parse_config
 from feedhook.sim import Fault, SimTeamHub
 from feedhook.sources import FeedError, TeamHubFeed
+from feedhook.sources.base import Page
 from feedhook.sources.teamhub import normalize
 
-from conftest import FIXTURES, teamhub_source
+from conftest import FIXTURES, poll, teamhub_source
 
 API = "https://helixteamhub.cloud/api"
 
@@ -51,9 +52,9 @@ async def test_header_auth_and_paging_oldest_first(teamhub: SimTeamHub) -> None:
     teamhub.add_events(250)
     feed = await opened(teamhub, page_size=100)
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
         assert [uid for uid, _ in page.events] == [e["id"] for e in teamhub.events]
-        again = await feed.fetch(page.cursor)
+        again = await poll(feed, page.cursor)
         assert again.events == []
     finally:
         await feed.close()
@@ -78,11 +79,11 @@ async def test_new_arrivals_while_paging_are_neither_missed_nor_doubled(
         cursor = await feed.initial_cursor()
         delivered: list[str] = []
         for _ in range(4):
-            page = await feed.fetch(cursor)
+            page = await poll(feed, cursor)
             delivered += [uid for uid, _ in page.events]
             cursor = page.cursor
         teamhub.after_page = None
-        page = await feed.fetch(cursor)
+        page = await poll(feed, cursor)
         delivered += [uid for uid, _ in page.events]
     finally:
         await feed.close()
@@ -91,16 +92,40 @@ async def test_new_arrivals_while_paging_are_neither_missed_nor_doubled(
     assert len(delivered) == len(set(delivered))
 
 
+async def test_a_catch_up_reads_one_page_per_fetch_in_order(teamhub: SimTeamHub) -> None:
+    """Catching up holds one page at a time: each fetch is one list request with at most a
+    page of events, and the walk hands them over oldest first, none missed or doubled,
+    while new events keep arriving and shifting every offset."""
+    teamhub.add_events(5)
+    feed = await opened(teamhub, page_size=50)
+    try:
+        cursor = (await poll(feed, await feed.initial_cursor())).cursor
+        teamhub.add_events(1000)  # a stop's worth of history
+        teamhub.after_page = lambda offset: teamhub.add_events(3) if offset else None
+        teamhub.requests.clear()
+        pages: list[Page] = []
+        caught_up = await poll(feed, cursor, pages)
+        requests = len(teamhub.requests)
+        teamhub.after_page = None
+        rest = await poll(feed, caught_up.cursor)
+    finally:
+        await feed.close()
+    assert requests == len(pages)  # one list request per fetch
+    assert max(len(page.events) for page in pages) <= 50
+    delivered = [uid for uid, _ in caught_up.events + rest.events]
+    assert delivered == [e["id"] for e in teamhub.events[5:]]  # in order, once each
+
+
 async def test_same_second_events_are_told_apart(teamhub: SimTeamHub) -> None:
     """Timestamps have one-second resolution: the cursor keeps the ids at its instant."""
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     teamhub.add_events(3, at=moment)
     feed = await opened(teamhub)
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
         assert len(page.events) == 3
         teamhub.add_events(2, at=moment)  # same second, later
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
         assert len(page.events) == 2
     finally:
         await feed.close()
@@ -112,9 +137,9 @@ async def test_start_latest_skips_history(teamhub: SimTeamHub) -> None:
     feed = await opened(teamhub, start="latest")
     try:
         cursor = await feed.initial_cursor()
-        assert (await feed.fetch(cursor)).events == []
+        assert (await poll(feed, cursor)).events == []
         new = teamhub.add_events(2)
-        page = await feed.fetch(cursor)
+        page = await poll(feed, cursor)
     finally:
         await feed.close()
     assert [uid for uid, _ in page.events] == [e["id"] for e in new]
@@ -126,7 +151,7 @@ async def test_filters_are_sent(teamhub: SimTeamHub) -> None:
     teamhub.add_events(3, target="push")
     feed = await opened(teamhub, project="luotsi", target="build", operation="failed")
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
     finally:
         await feed.close()
     assert {env.type for _, env in page.events} == {"teamhub.build.failed"}
@@ -138,18 +163,18 @@ async def test_live_build_on_complete(teamhub: SimTeamHub) -> None:
     (build,) = teamhub.add_events(1, target="build", operation="created", progress=40)
     feed = await opened(teamhub)
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
         assert page.events == []
         assert build["id"] in json.loads(page.cursor)["held"]
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
         assert page.events == []
         teamhub.update_progress(build["id"], 100, operation="completed")
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
         assert [(uid, env.type) for uid, env in page.events] == [
             (build["id"], "teamhub.build.completed")
         ]
         assert json.loads(page.cursor)["held"] == {}
-        assert (await feed.fetch(page.cursor)).events == []
+        assert (await poll(feed, page.cursor)).events == []
     finally:
         await feed.close()
 
@@ -159,15 +184,15 @@ async def test_live_build_each_update(teamhub: SimTeamHub) -> None:
     (build,) = teamhub.add_events(1, target="build", progress=40)
     feed = await opened(teamhub, live_events="each_update")
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
         ids = [uid for uid, _ in page.events]
-        page = await feed.fetch(page.cursor)  # no change, nothing new
+        page = await poll(feed, page.cursor)  # no change, nothing new
         ids += [uid for uid, _ in page.events]
         teamhub.update_progress(build["id"], 70)
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
         ids += [uid for uid, _ in page.events]
         teamhub.update_progress(build["id"], 100, operation="completed")
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
         ids += [uid for uid, _ in page.events]
     finally:
         await feed.close()
@@ -179,10 +204,10 @@ async def test_live_timeout_emits_with_live_flag(teamhub: SimTeamHub) -> None:
     (build,) = teamhub.add_events(1, target="build", progress=10)
     feed = await opened(teamhub, live_timeout="1h")
     try:
-        page = await feed.fetch(await feed.initial_cursor())
+        page = await poll(feed, await feed.initial_cursor())
         assert page.events == []
         clock.set_clock(lambda: datetime.now(UTC).timestamp() + 3601)
-        page = await feed.fetch(page.cursor)
+        page = await poll(feed, page.cursor)
     finally:
         clock.set_clock(None)
         await feed.close()
@@ -212,10 +237,10 @@ async def test_faults_are_clear_and_keys_stay_secret(
     try:
         teamhub.inject(fault)
         with pytest.raises(FeedError) as info:
-            await feed.fetch(await feed.initial_cursor())
+            await poll(feed, await feed.initial_cursor())
         assert message in str(info.value) and teamhub.api_url in str(info.value)
         assert "sentinel" not in str(info.value)
-        assert len((await feed.fetch(await feed.initial_cursor())).events) == 3
+        assert len((await poll(feed, await feed.initial_cursor())).events) == 3
     finally:
         await feed.close()
 
@@ -233,16 +258,16 @@ async def test_a_late_event_inside_the_overlap_is_delivered_once(
     teamhub.add_events(5, at=now)
     feed = await opened(teamhub, overlap="5m")
     try:
-        first = await feed.fetch(await feed.initial_cursor())
+        first = await poll(feed, await feed.initial_cursor())
         assert len(first.events) == 5
         (late,) = teamhub.add_events(1, at=now - timedelta(minutes=2))
-        second = await feed.fetch(first.cursor)
+        second = await poll(feed, first.cursor)
         assert [u for u, _ in second.events] == [late["id"]]
-        third = await feed.fetch(second.cursor)
+        third = await poll(feed, second.cursor)
         assert third.events == []
         with caplog.at_level("WARNING", logger="feedhook.source"):
             (ancient,) = teamhub.add_events(1, at=now - timedelta(hours=1))
-            fourth = await feed.fetch(third.cursor)
+            fourth = await poll(feed, third.cursor)
         assert fourth.events == []
         logged = any(
             "arrived too late to be seen" in r.getMessage() and ancient["id"] in r.getMessage()
@@ -250,7 +275,7 @@ async def test_a_late_event_inside_the_overlap_is_delivered_once(
         )
         assert logged == (order == "arrival")  # in its place by timestamp, it looks old
         teamhub.add_events(2, at=now + timedelta(seconds=1))
-        fifth = await feed.fetch(fourth.cursor)
+        fifth = await poll(feed, fourth.cursor)
         assert len(fifth.events) == 2
     finally:
         await feed.close()
@@ -263,7 +288,7 @@ async def test_a_cursor_from_before_the_overlap_still_reads(teamhub: SimTeamHub)
     old = json.dumps({"newest": event["timestamp"], "ids": [event["id"]], "held": {}})
     feed = await opened(teamhub)
     try:
-        assert (await feed.fetch(old)).events == []
+        assert (await poll(feed, old)).events == []
     finally:
         await feed.close()
 
