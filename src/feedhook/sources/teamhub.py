@@ -348,12 +348,13 @@ class TeamHubFeed(HttpFeed):
             if not at_bottom:
                 assert next_offset is not None
                 return self._walk_on(cursor, replace(scan, offset=next_offset))
-            if scan.deepest is None:  # nothing new anywhere
+            deepest = scan.deepest
+            if deepest is None:  # nothing new anywhere
                 cursor.scan = None
                 return await self._end_of_poll(cursor, [], watched)
             scan = replace(scan, climbing=True)
-            if scan.deepest != scan.offset:
-                return self._walk_on(cursor, replace(scan, offset=scan.deepest))
+            if deepest != scan.offset:
+                return self._walk_on(cursor, replace(scan, offset=deepest))
             # else the page in hand is the deepest one with news: taken now
         elif next_offset is not None and results and not self._known(cursor, scan, results[-1]):
             # Events arrived at the top since the last page and pushed unread ones below
