@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from feedhook.app import Worker
 from feedhook.config import parse_config
@@ -229,6 +231,35 @@ class Cli:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+
+    async def until_idle(self, timeout: float = 30.0) -> None:
+        """`Worker.until_idle` for a `feedhook run` of this CLI, told from its metrics:
+        every configured source has written two more polls since this call (so one read
+        began after it), and nothing is pending or in flight."""
+        sources = yaml.safe_load(self.config.read_text())["sources"]
+        first = await self._metric("feedhook_source_polls_total", "source")
+
+        async def idle() -> bool:
+            polls = await self._metric("feedhook_source_polls_total", "source")
+            pending = await self._metric("feedhook_pending_deliveries", "subscription")
+            read = all(polls.get(name, 0) >= first.get(name, 0) + 2 for name in sources)
+            return read and not any(pending.values())
+
+        await eventually(idle, timeout=timeout, what="the worker to be idle")
+
+    async def _metric(self, name: str, label: str) -> dict[str, float]:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.get(f"{self.admin}/metrics") as response:
+                    text = await response.text()
+            except aiohttp.ClientConnectionError:
+                return {}  # not listening yet
+        return {
+            sample.labels[label]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        }
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ log = logging.getLogger("feedhook")
 IDENTITY_CHECK_INTERVAL = 2.0
 
 
-class PollMeter:
+class WorkerObserver:
     """What the worker does with each poll: metrics, and new events wake the dispatcher."""
 
     def __init__(self, metrics: Metrics, wake: Callable[[], None]) -> None:
@@ -93,7 +93,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._reload_lock = asyncio.Lock()
-        self._meter: PollMeter | None = None
+        self._observer: WorkerObserver | None = None
         self._started = asyncio.Event()
 
     def stop(self) -> None:
@@ -116,10 +116,12 @@ class Worker:
         called = time.monotonic()
         async with asyncio.timeout(timeout):
             await self._started.wait()
-            meter, dispatcher = self._meter, self.dispatcher
-            assert meter is not None and dispatcher is not None
+            observer, dispatcher = self._observer, self.dispatcher
+            assert observer is not None and dispatcher is not None
             while True:
-                read = all(meter.drained_at.get(name, 0.0) > called for name in self.config.sources)
+                read = all(
+                    observer.drained_at.get(name, 0.0) > called for name in self.config.sources
+                )
                 if read and await dispatcher.idle():
                     return
                 await asyncio.sleep(0.01)
@@ -133,7 +135,7 @@ class Worker:
         recovered = await self.store.recover_in_flight(clock.now())
         if recovered:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
-        meter = self._meter = PollMeter(self.metrics, self._wake)
+        observer = self._observer = WorkerObserver(self.metrics, self._wake)
         async with AsyncExitStack() as stack:
             session = await stack.enter_async_context(new_session())
             dispatcher = Dispatcher(
@@ -146,10 +148,10 @@ class Worker:
             self.dispatcher = dispatcher
             if self.ingest_store is not None:
                 ingest: Ingest = ChildProcessIngest(
-                    self.config, self.ingest_store, meter, self.metrics.ingest_restarts.inc
+                    self.config, self.ingest_store, observer, self.metrics.ingest_restarts.inc
                 )
             else:
-                ingest = InProcessIngest(self.config, self.store, meter)
+                ingest = InProcessIngest(self.config, self.store, observer)
             self.ingest = ingest
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks

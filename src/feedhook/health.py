@@ -1,6 +1,6 @@
 """What is known about each source while feedhook runs: the one record of a source's
-health, written by its poller (and, while the ingest process keeps dying, by the main
-process), read by readiness, status and the metrics. No heavy imports: read-only
+health and every change it can go through (a poll succeeded, a poll failed, the ingest
+process died), read by readiness, status and the metrics. No heavy imports: read-only
 commands load it."""
 
 from __future__ import annotations
@@ -24,6 +24,21 @@ class SourceHealth:
     last_error: str | None = None  # masked; for the token-guarded API and the logs
     cause: str | None = None  # a short label (timeout, http_401, ...): safe to show anyone
     newest_event_at: float | None = None
+
+    def succeeded(self, now: float, newest_event_at: float | None) -> bool:
+        """A poll wrote its pages; True if the source had been failing."""
+        recovered = self.failing_since is not None
+        self.last_success_at = now
+        self.failing_since = self.last_error = self.cause = None
+        if newest_event_at is not None:
+            self.newest_event_at = max(newest_event_at, self.newest_event_at or newest_event_at)
+        return recovered
+
+    def failed(self, since: float, cause: str, message: str) -> None:
+        """Polling fails (`message` already masked): failing since the first failure."""
+        self.failing_since = min(self.failing_since or since, since)
+        self.last_error = message
+        self.cause = cause
 
     def state(self, now: float) -> str:
         if self.failing_since is None:

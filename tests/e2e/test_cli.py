@@ -327,7 +327,7 @@ async def test_replay_sends_only_what_the_subscription_would_have_received(
     receiver.received.clear()
     proc = await cli.start("run")
     await eventually(lambda: len(receiver.ok()) == len(wanted) + 1, what="the replays")
-    await asyncio.sleep(0.3)
+    await cli.until_idle()
     await stop(proc)
     assert {r.webhook_id for r in receiver.ok("updates")} == wanted
     assert [r.webhook_id for r in receiver.ok("all")] == ["seq:1"]
@@ -382,7 +382,7 @@ async def test_a_thousand_subscriptions_and_a_hundred_sources_run(
     try:
         # 100 sources x 3 events, each routed to the 10 subscriptions of its source.
         await eventually(lambda: len(receiver.ok()) >= 3000, timeout=60, what="3,000")
-        await asyncio.sleep(0.5)
+        await cli.until_idle()
         assert proc.returncode is None
     finally:
         code, err = await stop(proc)

@@ -69,7 +69,7 @@ async def test_every_event_exactly_once_across_a_restart(
         timeout=60,
         what="every event",
     )
-    await asyncio.sleep(0.5)  # a second poll round finds nothing new
+    await cli.until_idle()  # the polls after it find nothing new
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 15) == 0
     assert len(landed) == 8

@@ -176,9 +176,7 @@ class ChildProcessIngest:
     def _mark(self, health: SourceHealth) -> None:
         assert self._trouble is not None
         since, reason = self._trouble
-        health.failing_since = min(health.failing_since or since, since)
-        health.last_error = reason
-        health.cause = "ingest_process_died"
+        health.failed(since, "ingest_process_died", reason)
 
 
 def _how(code: int) -> str:
@@ -191,7 +189,7 @@ def _how(code: int) -> str:
 # --- the child -----------------------------------------------------------------------
 
 
-class PipeReporter:
+class PipeObserver:
     """The child's observer: one JSON line up the pipe per poll."""
 
     def __init__(self, out: IO[bytes]) -> None:
@@ -230,7 +228,7 @@ async def _child(store_url: str, reports: IO[bytes], admin_token: str) -> int:
         return 0
     logs.redact.update(config.secret_values() | {admin_token})
     async with open_store(store_url) as store:
-        ingest = InProcessIngest(config, store, PipeReporter(reports))
+        ingest = InProcessIngest(config, store, PipeObserver(reports))
 
         async def listen() -> None:
             while (new := await _receive(reader)) is not None:

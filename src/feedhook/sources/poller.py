@@ -166,14 +166,10 @@ class Poller:
         drained_at: float | None,
     ) -> None:
         health, name = self.health, self.source.name
-        health.last_success_at = clock.now()
-        if health.failing_since is not None:
-            log.info("%s: the feed answers again", name, extra={"source": name})
-        health.failing_since = health.last_error = health.cause = None
         times = {e.time for page in batch for _, e in page.events if e.time is not None}
-        if times:
-            newest = max(datetime.fromisoformat(t).timestamp() for t in times)
-            health.newest_event_at = max(newest, health.newest_event_at or newest)
+        newest = max((datetime.fromisoformat(t).timestamp() for t in times), default=None)
+        if health.succeeded(clock.now(), newest):
+            log.info("%s: the feed answers again", name, extra={"source": name})
         report = PollReport(
             pages=len(batch),
             types=Counter(item.envelope.type for item in fresh),
@@ -215,9 +211,7 @@ class Poller:
         name = self.source.name
         now = clock.now()
         cause = exc.cause if isinstance(exc, FeedError) else "unexpected"
-        self.health.failing_since = self.health.failing_since or now
-        self.health.last_error = message
-        self.health.cause = cause
+        self.health.failed(now, cause, message)
         self.observer.failed(self.health, cause)
         log.warning(
             "%s: %s (failure %d; retrying in %.1fs)",
