@@ -55,6 +55,10 @@ class WorkerObserver:
             self.metrics.filter_errors.labels(subscription).inc(count)
         if report.malformed:
             self.metrics.malformed_events.labels(health.name).inc(report.malformed)
+        for outcome, count in report.subjects.items():
+            self.metrics.subject_fetches.labels(health.name, outcome).inc(count)
+        if report.enrich_wait is not None:
+            self.metrics.enrichment_wait.labels(health.name).observe(report.enrich_wait)
         if report.drained_at is not None:
             self.drained_at[health.name] = report.drained_at
         if report.types:
@@ -206,16 +210,18 @@ class Worker:
     async def prune(self) -> PruneResult:
         retention = self.config.retention
         removed = await self.store.prune(clock.now(), retention.delivered, retention.dead_letters)
-        for what in ("deliveries", "dead_letters", "events"):
+        for what in ("deliveries", "dead_letters", "events", "subjects"):
             self.metrics.pruned.labels(what).inc(getattr(removed, what))
         if removed:
             log.info(
-                "pruned %d delivered deliveries, %d dead letters and %d events past their"
-                " retention",
+                "pruned %d delivered deliveries, %d dead letters, %d events and %d deleted"
+                " subjects past their retention",
                 removed.deliveries,
                 removed.dead_letters,
                 removed.events,
+                removed.subjects,
             )
+        self.metrics.stored_subjects.set((await self.store.storage()).subjects)
         return removed
 
     async def _watch_store(self) -> None:

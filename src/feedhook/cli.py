@@ -224,6 +224,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     print(f"\nsources ({len(config.sources)}):")
     for name, source in config.sources.items():
         print(f"  {name}: {source.describe()}")
+        if (enrich := getattr(source, "enrich", None)) is not None:
+            print(f"    {enrich.describe(source.rate_limit)}")
     print(f"\nsubscriptions ({len(config.subscriptions)}):")
     for name, sub in config.subscriptions.items():
         print(f"  {name} -> {redact_url(sub.url, query=True)}")
@@ -355,11 +357,12 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     kept = "forever" if retention.dead_letters is None else f"{retention.dead_letters:g}s"
     print(
         f"pruned {removed.deliveries:,} delivered deliveries, {removed.dead_letters:,} dead"
-        f" letters and {removed.events:,} events (retention: delivered {retention.delivered:g}s,"
-        f" dead letters {kept})"
+        f" letters, {removed.events:,} events and {removed.subjects:,} deleted subjects"
+        f" (retention: delivered {retention.delivered:g}s, dead letters {kept})"
     )
     print(
-        f"stored: {storage.events:,} events; database {_mb(storage.bytes)}"
+        f"stored: {storage.events:,} events, {storage.subjects:,} subjects;"
+        f" database {_mb(storage.bytes)}"
         f" ({_mb(storage.free_bytes)} free, reused before the file grows)"
     )
     return EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,13 @@ def make_envelope(
     )
     object.__setattr__(envelope, "body", encode(envelope.to_dict()))
     return envelope
+
+
+def with_data(envelope: Envelope, data: dict[str, Any]) -> Envelope:
+    """The same envelope with other data (an enriched one), its bytes made anew."""
+    changed = dataclasses.replace(envelope, data=data)
+    object.__setattr__(changed, "body", encode(changed.to_dict()))
+    return changed
 
 
 def encode(document: dict[str, Any]) -> bytes:

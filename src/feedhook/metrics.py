@@ -49,8 +49,27 @@ class Metrics:
         )
         self.pruned = Counter(
             "feedhook_pruned",
-            "Rows removed past their retention: deliveries, dead_letters, events",
+            "Rows removed past their retention: deliveries, dead_letters, events, subjects",
             ["what"],
+            registry=registry,
+        )
+        self.subject_fetches = Counter(
+            "feedhook_subject_fetches",
+            "Subjects fetched for enriched events, by outcome: ok, deleted, not_found,"
+            " failed, gave_up (max_wait spent), refused (not on the source's host)",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.enrichment_wait = Histogram(
+            "feedhook_enrichment_wait_seconds",
+            "How long a batch of pages waited for its subjects",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stored_subjects = Gauge(
+            "feedhook_stored_subjects",
+            "Subjects' last representations kept for diffs (counted at each pruning pass)",
             registry=registry,
         )
         self.ingest_restarts = Counter(

@@ -82,11 +82,32 @@ class _LatestOrEarliest(SourceSettings):
         raise ValueError(f"expected latest or earliest, got {value!r}")
 
 
+class EnrichConfig(_Model):
+    """Fetch the resource an event is about (its `subject` link) and say what changed."""
+
+    # Upstream event types (job_updated, ...) whose subject is fetched; fnmatch globs.
+    types: tuple[Glob, ...] = Field(min_length=1)
+    # Keep each subject's last representation and put the difference in `data.diff`.
+    diff: bool = True
+    # How long a subject that cannot be fetched may hold its event (and those after it).
+    max_wait: Duration = 300.0
+
+    def describe(self, rate_limit: RateLimit) -> str:
+        """For `feedhook check`: what is fetched and what it costs."""
+        return (
+            f"enriches {', '.join(self.types)}{' with diffs' if self.diff else ''}: one"
+            f" request per distinct subject per batch of pages, within the same {rate_limit}"
+            f" budget as the feed (up to 50 more per page of 50 events); an unreachable"
+            f" subject holds its page up to {self.max_wait:g}s"
+        )
+
+
 class _BebanjoConfig(SourceSettings):
     username: str = Field(min_length=1)
     password: SecretStr
     events_url: HttpUrl | None = None
     event_types: tuple[str, ...] = ()
+    enrich: EnrichConfig | None = None
 
     @field_validator("username")
     @classmethod

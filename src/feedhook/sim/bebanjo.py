@@ -2,15 +2,18 @@
 
 Digest auth, XML (both) and JSON (Sequence), `newer_than`, `event_type`, 50 a page in
 ascending id order, Movida's "last 50" when `newer_than` is absent, the API root linking
-the feed, `/events/:id`; plus switches that make the next responses fail in the ways
+the feed, `/events/:id`, the resources the events are about (`sim/resources.py`); plus
+switches that make the next responses fail in the ways
 real upstreams do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +23,7 @@ from aiohttp import web
 
 from feedhook.sim.digest import DigestGuard
 from feedhook.sim.faults import Fault, SimUpstream
+from feedhook.sim.resources import SimResource, new_resource
 
 SEQUENCE_RESOURCES = {
     "job": ["name", "due-date", "ends-at", "licensor-name", "tag-list", "title-external-id"],
@@ -67,6 +71,12 @@ class SimFeed(SimUpstream):
         self._next_id = 1
         self.track_served = track_served
         self.served_at: dict[int, float] = {}
+        # The resources the events are about, by path below the API root.
+        self.resources: dict[str, SimResource] = {}
+        self.subject_requests: list[str] = []
+        # Per resource path, how its next requests are answered instead: a status, or
+        # "hang" (no answer at all).
+        self.subject_faults: dict[str, deque[int | str]] = {}
         super().__init__(**upstream)
 
     # --- control ---------------------------------------------------------------------
@@ -80,14 +90,22 @@ class SimFeed(SimUpstream):
     def unauthorized(self) -> web.Response:
         return self.guard.challenge()
 
+    def fail_subject(self, path: str, *answers: int | str) -> None:
+        """The next requests for the resource at `path` get these answers: a status, or
+        "hang" (never answered)."""
+        self.subject_faults.setdefault(path, deque()).extend(answers)
+
     def add_events(
         self,
         count: int,
         types: list[str] | None = None,
         gap: int = 1,
         at: datetime | None = None,
+        subjects: int | None = None,
     ) -> list[SimEvent]:
-        """Append `count` events, cycling through `types` (default: every kind)."""
+        """Append `count` events, cycling through `types` (default: every kind). Each is
+        about a resource of its own, or, with `subjects`, about one of that many per
+        kind; the resource changes as the event says."""
         resources = SEQUENCE_RESOURCES if self.system == "sequence" else MOVIDA_RESOURCES
         if types is None:
             types = [f"{r}_{op}" for r in resources for op in ("created", "updated", "deleted")]
@@ -101,12 +119,11 @@ class SimFeed(SimUpstream):
             if event_type.endswith("_updated"):
                 fields = resources.get(resource, ["name"])
                 changes = ",".join(fields[: 1 + event_id % len(fields)])
-            subject = (
-                f"/work_areas/85/jobs/{97000 + event_id}"
-                if self.system == "sequence"
-                else f"/{resource.split('_')[0]}s/{110000 + event_id}"
-            )
-            event = SimEvent(event_id, event_type, at or datetime.now(UTC), changes, subject)
+            number = event_id if subjects is None else len(self.events) % subjects
+            fresh = new_resource(self.system, resource, number)
+            subject = self.resources.setdefault(fresh.path, fresh)
+            subject.apply(event_id, event_type.rpartition("_")[2], changes)
+            event = SimEvent(event_id, event_type, at or datetime.now(UTC), changes, subject.path)
             self.events.append(event)
             self._ids.append(event_id)
             added.append(event)
@@ -119,7 +136,29 @@ class SimFeed(SimUpstream):
         app.router.add_get("/api", self._root)
         app.router.add_get("/api/events", self._feed)
         app.router.add_get("/api/events/{id}", self._one)
+        app.router.add_get("/api/{path:.+}", self._subject)
         return app
+
+    async def _subject(self, request: web.Request) -> web.StreamResponse:
+        """A resource an event is about: 404 once deleted, unless asked with ?deleted."""
+        if (denied := self.guard.check(request)) is not None:
+            return denied
+        self.subject_requests.append(request.path_qs)
+        if (refused := self._over_budget()) is not None:
+            return refused
+        path = request.path.removeprefix("/api")
+        if faults := self.subject_faults.get(path):
+            answer = faults.popleft()
+            if answer == "hang":
+                await asyncio.Event().wait()
+            return web.Response(status=int(answer), text=f"simulated {answer}\n")
+        resource = self.resources.get(path)
+        if resource is None or resource.deleted != ("deleted" in request.query):
+            raise web.HTTPNotFound()
+        api = f"{request.url.origin()}/api"
+        if self._wants_json(request):
+            return web.json_response(resource.to_json(api))
+        return web.Response(body=resource.to_xml(api).encode(), content_type="application/xml")
 
     def _wants_json(self, request: web.Request) -> bool:
         return self.system == "sequence" and "json" in request.headers.get("Accept", "")

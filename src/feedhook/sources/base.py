@@ -11,11 +11,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from feedhook.envelope import Envelope, make_envelope
+
+if TYPE_CHECKING:
+    from feedhook.sources.subjects import Enricher
 
 log = logging.getLogger("feedhook.source")
 
@@ -49,6 +52,7 @@ class Source(Protocol):
     name: str
     poll_interval: float
     max_backoff: float
+    enricher: Enricher | None  # fetches events' subjects, when the source enriches
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -30,7 +30,8 @@ from feedhook.sources.base import (
     unidentified_id,
     whole_number,
 )
-from feedhook.sources.http import HttpFeed
+from feedhook.sources.http import HttpFeed, HttpStatusError
+from feedhook.sources.subjects import Enricher
 
 log = logging.getLogger("feedhook.source")
 
@@ -153,19 +154,27 @@ def parse_xml_feed(body: bytes, where: str) -> list[RawEvent]:
     return [_xml_event(element, replaced) for element in root.findall("event")]
 
 
-def _xml_event(element: Element, replaced: bool) -> RawEvent:
+def xml_native(element: Element) -> dict[str, Any]:
+    """An XML element as JSON: each child by its tag (`type="integer"` ones as numbers,
+    ones with children as objects), links as `link: [{rel, href}, ...]`."""
     native: dict[str, Any] = {}
-    links: dict[str, str] = {}
     for child in element:
         if child.tag == "link":
             rel, href = child.get("rel"), child.get("href")
             if rel and href:
-                links[rel] = href
                 native.setdefault("link", []).append({"rel": rel, "href": href})
+        elif len(child):
+            native[child.tag] = xml_native(child)
         elif child.get("type") == "integer" and (child.text or "").strip().isdigit():
             native[child.tag] = int((child.text or "").strip())
         else:
             native[child.tag] = (child.text or "").strip()
+    return native
+
+
+def _xml_event(element: Element, replaced: bool) -> RawEvent:
+    native = xml_native(element)
+    links = {link["rel"]: link["href"] for link in native.get("link", [])}
     raw = tostring(element, encoding="unicode").strip()
     changes = native.get("changes")
     return _checked(
@@ -232,6 +241,8 @@ class BebanjoFeed(HttpFeed):
         self.system = config.kind
         self.api_url = config.url.rstrip("/")
         self._events_url = config.events_url
+        if config.enrich is not None:
+            self.enricher = Enricher(name, config.enrich, self, self.api_url)
 
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
         # One Digest middleware per upstream origin, as aiohttp scopes its credentials.
@@ -301,6 +312,33 @@ class BebanjoFeed(HttpFeed):
             cursor=str(newest) if newest is not None else cursor,
             more=len(raw) >= PAGE_SIZE,
         )
+
+    # --- subjects --------------------------------------------------------------------
+
+    async def read_subject(self, url: str) -> tuple[Any, bool] | None:
+        """The resource an event is about, as served (JSON read exactly, XML as JSON by
+        the rules of `data.native`); a deleted one is asked for again with `?deleted`,
+        as the Job page says."""
+        try:
+            return await self._read_resource(url), False
+        except HttpStatusError as exc:
+            if exc.status != 404:
+                raise
+        try:
+            return await self._read_resource(f"{url}{'&' if '?' in url else '?'}deleted"), True
+        except HttpStatusError as exc:
+            if exc.status != 404:
+                raise
+        return None
+
+    async def _read_resource(self, url: str) -> Any:
+        response = await self.client.get(url, accept=ACCEPT[self.config.format])
+        where = redact_url(response.url)
+        if self.config.format == "json" and "html" not in response.content_type:
+            document, _ = load_json(response.body, where)
+            return document
+        root, _ = parse_xml(response.body, where)
+        return xml_native(root)
 
     # --- where to start --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import aiohttp
 from feedhook.config import RateLimit, SourceSettings, redact_url
 from feedhook.retry_after import parse_retry_after
 from feedhook.sources.base import FeedError
+from feedhook.sources.subjects import Enricher
 
 log = logging.getLogger("feedhook.source")
 
@@ -215,6 +216,8 @@ class HttpFeed:
 
     # The config keys that hold this kind's credentials, named in "credentials rejected".
     credential_keys = "the credentials"
+    # Fetches the resources events are about, for kinds and sources that enrich.
+    enricher: Enricher | None = None
 
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
         return ()

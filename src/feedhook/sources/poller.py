@@ -8,16 +8,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import backoff
 
 from feedhook import clock, logs
+from feedhook.envelope import Envelope
 from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
+from feedhook.sources.subjects import Enriched
 from feedhook.store.base import IngestItem, Store
 
 log = logging.getLogger("feedhook.source")
@@ -43,6 +45,9 @@ class PollReport:
     # When the read that found the feed drained began (time.monotonic(), the same clock
     # in every process of the host); None: the feed has more.
     drained_at: float | None = None
+    # Subjects fetched for these pages, by outcome, and how long the batch waited.
+    subjects: Mapping[str, int] = field(default_factory=dict)
+    enrich_wait: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from its items, counting pairs.
@@ -52,6 +57,8 @@ class PollReport:
             "filter_errors": dict(self.filter_errors),
             "malformed": self.malformed,
             "drained_at": self.drained_at,
+            "subjects": dict(self.subjects),
+            "enrich_wait": self.enrich_wait,
         }
 
 
@@ -114,15 +121,22 @@ class Poller:
                 while not pages.empty() and len(read) < READ_AHEAD_PAGES:
                     read.append(pages.get_nowait())
                 batch = [page for page, _ in read]
-                router = self.router()
+                events = [event for page in batch for event in page.events]
+                enriched = await self._enrich([envelope for _, envelope in events])
+                router = self.router()  # after enriching: filters may read what it added
                 items = [
                     IngestItem(upstream_id, envelope, router.match(envelope))
-                    for page in batch
-                    for upstream_id, envelope in page.events
+                    for (upstream_id, _), envelope in zip(events, enriched.envelopes, strict=True)
                 ]
-                fresh = await self.store.ingest(name, items, batch[-1].cursor)
+                fresh = await self.store.ingest(name, items, batch[-1].cursor, enriched.subjects)
                 drained_at = None if batch[-1].more else read[-1][1]
-                self._succeeded(batch, fresh, router.take_filter_errors(), drained_at)
+                self._succeeded(batch, fresh, router.take_filter_errors(), drained_at, enriched)
+
+    async def _enrich(self, envelopes: list[Envelope]) -> Enriched:
+        enricher = self.source.enricher
+        if enricher is None:
+            return Enriched(envelopes)
+        return await enricher.enrich(envelopes, self.store)
 
     async def _read(self, cursor: str, pages: asyncio.Queue[tuple[Page, float]]) -> None:
         """Fetch page after page; once the feed is drained, wait for the next poll."""
@@ -164,6 +178,7 @@ class Poller:
         fresh: Sequence[IngestItem],
         filter_errors: Mapping[str, int],
         drained_at: float | None,
+        enriched: Enriched,
     ) -> None:
         health, name = self.health, self.source.name
         times = {e.time for page in batch for _, e in page.events if e.time is not None}
@@ -176,6 +191,8 @@ class Poller:
             filter_errors=filter_errors,
             malformed=sum(1 for item in fresh if "malformed" in item.envelope.data),
             drained_at=drained_at,
+            subjects=enriched.outcomes,
+            enrich_wait=enriched.waited if self.source.enricher is not None else None,
         )
         self.observer.ingested(health, report)
         if fresh:

@@ -18,6 +18,7 @@ from feedhook.store.base import (
     Store,
     StoredEvent,
     StoreError,
+    Subject,
     SubscriptionCounts,
 )
 from feedhook.store.memory import MemoryDatabase, MemoryStore
@@ -72,6 +73,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredEvent",
+    "Subject",
     "SubscriptionCounts",
     "open_store",
     "sqlite_path",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from feedhook.envelope import Envelope
 
@@ -116,18 +116,32 @@ class PruneResult:
     deliveries: int = 0
     dead_letters: int = 0
     events: int = 0
+    subjects: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.deliveries or self.dead_letters or self.events)
+        return bool(self.deliveries or self.dead_letters or self.events or self.subjects)
 
 
 @dataclass(frozen=True, slots=True)
 class Storage:
-    """How much is stored: events kept, and the database's size and reusable free space."""
+    """How much is stored: events kept, subjects' representations kept, and the
+    database's size and reusable free space."""
 
     events: int
     bytes: int
     free_bytes: int
+    subjects: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The last representation read of a resource events are about (its `subject` link),
+    kept to tell the next event about it what changed."""
+
+    url: str
+    representation: Any  # JSON-able, as put in `data.resource`
+    deleted: bool
+    fetched_at: float
 
 
 @dataclass(frozen=True)
@@ -164,8 +178,23 @@ class Store(Protocol):
     # sources
     async def get_cursor(self, source: str) -> str | None: ...
     async def ingest(
-        self, source: str, items: Sequence[IngestItem], cursor: str
-    ) -> Sequence[IngestItem]: ...
+        self,
+        source: str,
+        items: Sequence[IngestItem],
+        cursor: str,
+        subjects: Sequence[Subject] = (),
+    ) -> Sequence[IngestItem]:
+        """Write in one transaction: the items' events not stored yet (by `upstream_id`;
+        the first of duplicates in `items` wins), a pending delivery for each of their
+        subscriptions, the cursor with a successful poll, and `subjects` (replacing the
+        representation kept for each url). Returns the items that were new. Idempotent:
+        the same call again writes no event and no delivery."""
+        ...
+
+    async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
+        """The representations kept for those of `urls` that have one."""
+        ...
+
     async def lease_source(self, source: str, now: float) -> bool:
         """One poller per source: whether this owner may poll `source` until
         `now + lease` (granted when free or expired, renewed when already this owner's).
@@ -225,9 +254,10 @@ class Store(Protocol):
         """Remove finished work older than the retention: delivered deliveries (and dead
         ones whose dead letter is gone) finished more than `delivered_for` seconds ago,
         dead letters older than `dead_letters_for` (None: kept forever) with their
-        deliveries, and events older than `delivered_for` that no delivery refers to.
-        Never a pending or in-flight delivery. In short transactions; the lifetime
-        `delivered` count is not lowered."""
+        deliveries, events older than `delivered_for` that no delivery refers to, and
+        deleted subjects' representations read more than `delivered_for` ago (a live
+        subject's one is kept while it lives). Never a pending or in-flight delivery.
+        In short transactions; the lifetime `delivered` count is not lowered."""
         ...
 
     async def storage(self) -> Storage:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +29,7 @@ from feedhook.store.base import (
     Status,
     Storage,
     StoredEvent,
+    Subject,
     SubscriptionCounts,
     new_owner,
 )
@@ -73,6 +74,7 @@ class MemoryDatabase:
     pairs: dict[tuple[int, str], int] = field(default_factory=dict)
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
     sources: dict[str, SourceState] = field(default_factory=dict)
+    subjects: dict[tuple[str, str], Subject] = field(default_factory=dict)
     # Delivered deliveries that pruning removed: the delivered count is a lifetime total.
     pruned_delivered: Counter[str] = field(default_factory=Counter)
     # One poller per source: who polls it, until when.
@@ -144,7 +146,11 @@ class MemoryStore:
         self._source(source, cursor=cursor, cursor_updated_at=clock.now())
 
     async def ingest(
-        self, source: str, items: Sequence[IngestItem], cursor: str
+        self,
+        source: str,
+        items: Sequence[IngestItem],
+        cursor: str,
+        subjects: Sequence[Subject] = (),
     ) -> list[IngestItem]:
         db, now = self.database, clock.now()
         fresh: dict[str, IngestItem] = {}
@@ -175,9 +181,15 @@ class MemoryStore:
             last_error=None,
             last_error_at=None,
         )
+        for subject in subjects:
+            db.subjects[(source, subject.url)] = subject
         if any(subscriptions for _, subscriptions in routed):
             self._work_arrived()
         return list(fresh.values())
+
+    async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
+        kept = self.database.subjects
+        return {url: kept[(source, url)] for url in urls if (source, url) in kept}
 
     async def record_poll_error(self, source: str, at: float, error: str) -> None:
         self._source(source, last_poll_at=at, last_error=error, last_error_at=at)
@@ -441,6 +453,10 @@ class MemoryStore:
                 del db.events[e.id]
                 del db.event_keys[(e.source, e.upstream_id)]
                 result.events += 1
+        for key, subject in list(db.subjects.items()):
+            if subject.deleted and subject.fetched_at < done_before:
+                del db.subjects[key]
+                result.subjects += 1
         return result
 
     def _drop(self, d: _Delivery) -> None:
@@ -449,4 +465,9 @@ class MemoryStore:
 
     async def storage(self) -> Storage:
         size = sum(len(e.body) for e in self.database.events.values())
-        return Storage(events=len(self.database.events), bytes=size, free_bytes=0)
+        return Storage(
+            events=len(self.database.events),
+            bytes=size,
+            free_bytes=0,
+            subjects=len(self.database.subjects),
+        )

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import aiosqlite
 import orjson
 
 from feedhook import clock
+from feedhook.envelope import encode
 from feedhook.store.base import (
     DEFAULT_LEASE,
     DeadLetter,
@@ -44,6 +46,7 @@ from feedhook.store.base import (
     Storage,
     StoredEvent,
     StoreError,
+    Subject,
     SubscriptionCounts,
     new_owner,
 )
@@ -167,6 +170,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN owner TEXT;
     ALTER TABLE deliveries ADD COLUMN lease_until REAL;
+    """,
+    # Subjects: the last representation read of each resource events are about.
+    """
+    CREATE TABLE subjects (
+        source TEXT NOT NULL,
+        url TEXT NOT NULL,
+        representation BLOB NOT NULL,
+        deleted INTEGER NOT NULL,
+        fetched_at REAL NOT NULL,
+        PRIMARY KEY (source, url)
+    ) WITHOUT ROWID;
+    CREATE INDEX subjects_deleted ON subjects (fetched_at) WHERE deleted;
     """,
 )
 
@@ -464,10 +479,13 @@ class SqliteStore:
         return None if row is None else row[0]
 
     async def ingest(
-        self, source: str, items: Sequence[IngestItem], cursor: str
+        self,
+        source: str,
+        items: Sequence[IngestItem],
+        cursor: str,
+        subjects: Sequence[Subject] = (),
     ) -> list[IngestItem]:
-        """Write a page's new events, their deliveries and the cursor in one transaction;
-        return the items that were new (the others were already stored)."""
+        """See Store.ingest."""
         now = clock.now()
         first_seen: dict[str, IngestItem] = {}
         for item in items:
@@ -525,9 +543,34 @@ class SqliteStore:
                 " last_error_at = NULL",
                 (source, cursor, now, now, now),
             )
+            if subjects:
+                await db.executemany(
+                    "INSERT INTO subjects (source, url, representation, deleted, fetched_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, url) DO UPDATE SET"
+                    " representation = excluded.representation, deleted = excluded.deleted,"
+                    " fetched_at = excluded.fetched_at",
+                    [
+                        (source, x.url, encode(x.representation), x.deleted, x.fetched_at)
+                        for x in subjects
+                    ],
+                )
         if deliveries:
             self._work_arrived()
         return fresh
+
+    async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
+        """See Store.subjects. A read: no lock is taken."""
+        if not urls:
+            return {}
+        rows = await self.db.execute_fetchall(
+            "SELECT url, representation, deleted, fetched_at FROM subjects WHERE source = ?"
+            " AND url IN (SELECT value FROM json_each(?))",
+            (source, _json(list(urls))),
+        )
+        return {
+            url: Subject(url, json.loads(body), bool(deleted), fetched_at)
+            for url, body, deleted, fetched_at in rows
+        }
 
     async def lease_source(self, source: str, now: float) -> bool:
         """See Store.lease_source: always granted (one holder, one ingest process)."""
@@ -897,7 +940,16 @@ class SqliteStore:
                     (_json(old),),
                 )
                 result.events += cursor.rowcount
-        return result
+        while True:  # deleted subjects' last representations, a batch at a time
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM subjects WHERE (source, url) IN (SELECT source, url"
+                    " FROM subjects WHERE deleted AND fetched_at < ? LIMIT ?)",
+                    (done_before, PRUNE_BATCH),
+                )
+            result.subjects += cursor.rowcount
+            if cursor.rowcount < PRUNE_BATCH:
+                return result
 
     async def _walk(
         self, select: str, table_id: str, stop: Callable[[Any], bool]
@@ -927,7 +979,8 @@ class SqliteStore:
         (pages,) = await self._one(self.db, "PRAGMA page_count")
         (free,) = await self._one(self.db, "PRAGMA freelist_count")
         (size,) = await self._one(self.db, "PRAGMA page_size")
-        return Storage(events=events, bytes=pages * size, free_bytes=free * size)
+        (subjects,) = await self._one(self.db, "SELECT count(*) FROM subjects")
+        return Storage(events=events, bytes=pages * size, free_bytes=free * size, subjects=subjects)
 
     async def stored_events(
         self,

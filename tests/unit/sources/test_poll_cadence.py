@@ -13,6 +13,7 @@ class _Source:
     name = "s"
     poll_interval = 1.0
     max_backoff = 1.0
+    enricher = None
 
     async def fetch(self, cursor: str) -> Any:
         raise NotImplementedError

@@ -25,6 +25,7 @@ class ListSource:
     name = "seq"
     poll_interval = 0.05
     max_backoff = 0.05
+    enricher = None
 
     def __init__(self, total: int, size: int = 10, failures: int = 0) -> None:
         self.total, self.size, self.failures = total, size, failures

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from feedhook.store import MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store
+from feedhook.store import MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store, Subject
 
 from conftest import ingest_item
 
@@ -342,3 +342,26 @@ async def test_one_poller_per_source_on_a_shared_store() -> None:
     assert not await second.lease_source("seq", 1049.0)
     assert await second.lease_source("seq", 1051.0)
     assert not await first.lease_source("seq", 1052.0)
+
+
+async def test_subjects_are_written_with_their_page_and_pruned_once_deleted(
+    store: Store,
+) -> None:
+    """A subject's representation is written in the ingest transaction (replacing the
+    one kept), read back per source, and a deleted one goes with the retention while a
+    live one stays however old."""
+    job, gone = "https://x/api/work_areas/1/jobs/1", "https://x/api/work_areas/1/jobs/2"
+    first = [Subject(job, {"status": "pending", "n": 2**70}, False, 100.0)]
+    await store.ingest("seq", [ingest_item(1)], "1", first)
+    assert await store.subjects("seq", [job, gone]) == {job: first[0]}
+    assert await store.subjects("other", [job]) == {}
+    later = [
+        Subject(job, {"status": "done"}, False, 200.0),
+        Subject(gone, {"status": "pending"}, True, 200.0),
+    ]
+    await store.ingest("seq", [ingest_item(2)], "2", later)
+    assert await store.subjects("seq", [job, gone]) == {job: later[0], gone: later[1]}
+    assert (await store.storage()).subjects == 2
+    result = await store.prune(now=1500.0, delivered_for=1000.0, dead_letters_for=None)
+    assert result.subjects == 1
+    assert await store.subjects("seq", [job, gone]) == {job: later[0]}
