@@ -29,7 +29,9 @@ SUBSCRIPTIONS: dict[str, dict[str, Any]] = {
     "titles": {"types": ["movida.title.*", "movida.title_metadata.*"]},
     "status-changes": {
         "types": ["sequence.*.updated"],
-        "filter": "contains(data.changes, 'status')",
+        # data.diff: what feedhook saw change in the subject, status included (which
+        # Sequence's `changes` never lists for a job); absent the first time.
+        "filter": "contains(keys(data.diff || `{}`), 'status')",
     },
     "builds": {"types": ["teamhub.build.*"]},
     "risk-progress": {"types": ["modulo.event.*"], "filter": "data.property == 'Progress'"},
@@ -61,7 +63,13 @@ class Upstreams:
     def sources(self) -> dict[str, dict[str, Any]]:
         digest = {"username": "robot_user", "password": "secret"}
         return {
-            "sequence-demo": {"kind": "sequence", "url": self.sequence.api_url, **digest, **FAST},
+            "sequence-demo": {
+                "kind": "sequence",
+                "url": self.sequence.api_url,
+                "enrich": {"types": ["*"]},  # fetch each event's subject, say what changed
+                **digest,
+                **FAST,
+            },
             "movida-demo": {"kind": "movida", "url": self.movida.api_url, **digest, **FAST},
             "teamhub-demo": {
                 "kind": "teamhub",
@@ -86,7 +94,7 @@ class Upstreams:
         now = time.time()
         turn = n % 4
         if turn == 0:
-            (event,) = self.sequence.add_events(1)
+            (event,) = self.sequence.add_events(1, subjects=2)  # subjects seen again
             self.created[f"sequence-demo:{event.id}"] = now
         elif turn == 1:
             (event,) = self.movida.add_events(1)
@@ -174,9 +182,21 @@ async def run_demo(events: int, duration: float) -> int:
         f"  {len(upstreams.created)} events published, {len(receiver.received)} webhooks received"
     )
     print(f"  every event delivered and every queue drained: {settled}")
+    _show_a_diff(receiver)
     if os.environ.get("FEEDHOOK_DEMO_KEEP"):
         print(f"  (database was {tmp})")
     return 0 if settled else 1
+
+
+def _show_a_diff(receiver: Receiver) -> None:
+    """One enriched event whose subject feedhook saw change: what it says changed."""
+    for record in receiver.ok("status-changes") + receiver.ok("everything"):
+        envelope = json.loads(record.body)
+        if envelope["data"].get("diff"):
+            print(f"\none diff: {envelope['id']} ({envelope['type']}) about {envelope['subject']}")
+            for name, change in envelope["data"]["diff"].items():
+                print(f"  {name}: {change['old']!r} -> {change['new']!r}")
+            return
 
 
 async def _settle(store: Store, receiver: Receiver, published: set[str], deadline: float) -> bool:
