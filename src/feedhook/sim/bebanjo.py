@@ -77,6 +77,7 @@ class SimFeed(SimUpstream):
         # Per resource path, how its next requests are answered instead: a status, or
         # "hang" (no answer at all).
         self.subject_faults: dict[str, deque[int | str]] = {}
+        self.subject_delay = 0.0  # seconds before each resource is answered
         super().__init__(**upstream)
 
     # --- control ---------------------------------------------------------------------
@@ -147,6 +148,8 @@ class SimFeed(SimUpstream):
         if (refused := self._over_budget()) is not None:
             return refused
         path = request.path.removeprefix("/api")
+        if self.subject_delay:
+            await asyncio.sleep(self.subject_delay)
         if faults := self.subject_faults.get(path):
             answer = faults.popleft()
             if answer == "hang":
