@@ -34,6 +34,7 @@ async def feed(args: argparse.Namespace) -> None:
                 "events": len(sim.events),
                 "last_id": sim.events[-1].id if sim.events else 0,
                 "requests": len(sim.requests),
+                "subject_requests": len(sim.subject_requests),
                 "served_at": {str(k): v for k, v in sim.served_at.items()},
                 "created_at": {str(e.id): e.timestamp.timestamp() for e in sim.events}
                 if args.rate

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +24,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from feedhook.app import Worker
-from feedhook.config import parse_config
+from feedhook.config import SubscriptionConfig, parse_config
 from feedhook.envelope import Envelope, make_envelope
+from feedhook.health import SourceHealth
+from feedhook.router import Router
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
 from feedhook.sources.base import Page, Source
+from feedhook.sources.poller import PollReport
 from feedhook.store import IngestItem, SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -143,6 +146,33 @@ async def poll(feed: Source, cursor: str, pages: list[Page] | None = None) -> Pa
         cursor = page.cursor
         if not page.more:
             return Page(events=events, cursor=cursor, more=False)
+
+
+class Reports:
+    """A poll observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.written: list[PollReport] = []
+        self.failures: list[str] = []
+
+    def started(self, health: SourceHealth) -> None:
+        pass
+
+    def ingested(self, health: SourceHealth, report: PollReport) -> None:
+        self.written.append(report)
+
+    def failed(self, health: SourceHealth, cause: str) -> None:
+        self.failures.append(cause)
+
+
+def router(subscriptions: Mapping[str, list[str]]) -> Router:
+    """Subscriptions by name and type globs, compiled."""
+    return Router(
+        {
+            name: SubscriptionConfig.model_validate({"url": "https://r/x", "types": types})
+            for name, types in subscriptions.items()
+        }
+    )
 
 
 # --- the store ----------------------------------------------------------------------

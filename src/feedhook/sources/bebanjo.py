@@ -315,20 +315,21 @@ class BebanjoFeed(HttpFeed):
 
     # --- subjects --------------------------------------------------------------------
 
-    async def read_subject(self, url: str) -> tuple[Any, bool] | None:
+    async def read_subject(self, url: str, deleted_first: bool = False) -> tuple[Any, bool] | None:
         """The resource an event is about, as served (JSON read exactly, XML as JSON by
-        the rules of `data.native`); a deleted one is asked for again with `?deleted`,
-        as the Job page says."""
-        try:
-            return await self._read_resource(url), False
-        except HttpStatusError as exc:
-            if exc.status != 404:
-                raise
-        try:
-            return await self._read_resource(f"{url}{'&' if '?' in url else '?'}deleted"), True
-        except HttpStatusError as exc:
-            if exc.status != 404:
-                raise
+        the rules of `data.native`). A deleted one answers 404 unless asked with
+        `?deleted`, as the Job page says: asked that way when the plain request answers
+        404, or first when the event itself is a deletion (saving a request)."""
+        flagged = f"{url}{'&' if '?' in url else '?'}deleted"
+        tries = (
+            [(flagged, True), (url, False)] if deleted_first else [(url, False), (flagged, True)]
+        )
+        for address, deleted in tries:
+            try:
+                return await self._read_resource(address), deleted
+            except HttpStatusError as exc:
+                if exc.status != 404:
+                    raise
         return None
 
     async def _read_resource(self, url: str) -> Any:

@@ -43,9 +43,10 @@ RETRYABLE = re.compile(r"timeout|connect|truncated|rate_limited|http_5\d\d")
 class SubjectReader(Protocol):
     """What a feed that can enrich provides."""
 
-    async def read_subject(self, url: str) -> tuple[Any, bool] | None:
+    async def read_subject(self, url: str, deleted_first: bool = False) -> tuple[Any, bool] | None:
         """The resource at `url` and whether it is deleted (asked again as deleted when
-        it answers 404), or None when it is not found either way. Raises FeedError."""
+        it answers 404; asked as deleted first with `deleted_first`), or None when it is
+        not found either way. Raises FeedError."""
         ...
 
 
@@ -99,13 +100,12 @@ class Enricher:
             return Enriched(list(envelopes))
         started = asyncio.get_running_loop().time()
         urls = list(dict.fromkeys(e.subject for e in wanted if e.subject is not None))
+        # A subject the batch deletes is most likely gone: asked for as deleted first.
+        deletions = {e.subject for e in wanted if e.type.endswith(".deleted")}
         kept = await store.subjects(self.source, urls) if self.config.diff else {}
         deadline = started + self.config.max_wait
-        resolved = dict(
-            zip(
-                urls, await asyncio.gather(*(self._resolve(u, deadline) for u in urls)), strict=True
-            )
-        )
+        fetches = (self._resolve(url, url in deletions, deadline) for url in urls)
+        resolved = dict(zip(urls, await asyncio.gather(*fetches), strict=True))
         result = Enriched([], outcomes=Counter(r.outcome for r in resolved.values()))
         before = {url: subject.representation for url, subject in kept.items()}
         for envelope in envelopes:
@@ -141,7 +141,7 @@ class Enricher:
             data["diff"] = diff(before[url], got.representation)
         return data
 
-    async def _resolve(self, url: str, deadline: float) -> Resolved:
+    async def _resolve(self, url: str, deleted_first: bool, deadline: float) -> Resolved:
         """One subject, retried until `deadline` (loop time) while failures are retryable."""
         if _origin(url) != self.origin:
             return Resolved(
@@ -174,7 +174,7 @@ class Enricher:
         )(self._read)
         try:
             async with asyncio.timeout_at(deadline):
-                found = await retrying(url)
+                found = await retrying(url, deleted_first)
         except TimeoutError:
             why = f"; last: {last[-1]}" if last else ""
             return Resolved(
@@ -190,9 +190,9 @@ class Enricher:
         representation, deleted = found
         return Resolved("deleted" if deleted else "ok", representation, fetched_at=clock.now())
 
-    async def _read(self, url: str) -> tuple[Any, bool] | None:
+    async def _read(self, url: str, deleted_first: bool) -> tuple[Any, bool] | None:
         async with self._in_flight:
-            return await self.reader.read_subject(url)
+            return await self.reader.read_subject(url, deleted_first)
 
 
 def _origin(url: str) -> str:

@@ -4,18 +4,14 @@ from the store, pages written with their routes, read-ahead, failures backed off
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from feedhook.config import SubscriptionConfig
 from feedhook.envelope import make_envelope
-from feedhook.health import SourceHealth
-from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page
-from feedhook.sources.poller import Poller, PollReport
+from feedhook.sources.poller import Poller
 from feedhook.store import MemoryDatabase, MemoryStore
 
-from conftest import eventually
+from conftest import Reports, eventually, router
 
 
 class ListSource:
@@ -63,30 +59,6 @@ class ListSource:
         ]
         last = ids[-1] if ids else start
         return Page(events=events, cursor=str(last), more=last < self.total)
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.written: list[PollReport] = []
-        self.failures: list[str] = []
-
-    def started(self, health: SourceHealth) -> None:
-        pass
-
-    def ingested(self, health: SourceHealth, report: PollReport) -> None:
-        self.written.append(report)
-
-    def failed(self, health: SourceHealth, cause: str) -> None:
-        self.failures.append(cause)
-
-
-def router(subscriptions: Mapping[str, list[str]]) -> Router:
-    return Router(
-        {
-            name: SubscriptionConfig.model_validate({"url": "https://r/x", "types": types})
-            for name, types in subscriptions.items()
-        }
-    )
 
 
 async def test_a_backlog_is_written_page_by_page_with_its_routes() -> None:
