@@ -256,7 +256,26 @@ def test_the_example_config_is_valid(
     out = capsys.readouterr().out
     for kind in ("sequence", "movida", "teamhub", "modulo"):
         assert f": {kind} at " in out
+    assert "enriches job_*, task_updated with diffs: one request per distinct subject" in out
     assert "sentinel-value" not in out
+
+
+def test_enrich_is_checked_where_it_is_written() -> None:
+    """`enrich` needs at least one type, is a BeBanjo setting, and its errors say where."""
+    feed = {"kind": "sequence", "url": "https://x/api", "username": "u", "password": "p"}
+    with pytest.raises(ConfigError) as empty:
+        parse_config({"sources": {"seq": {**feed, "enrich": {"types": []}}}}, "t", env={})
+    assert "sources.seq.enrich.types" in str(empty.value)
+    teamhub = {"kind": "teamhub", "url": "https://x/api", "company_key": "c", "account_key": "a"}
+    with pytest.raises(ConfigError) as elsewhere:
+        parse_config({"sources": {"th": {**teamhub, "enrich": {"types": ["*"]}}}}, "t", env={})
+    assert "sources.th.enrich" in str(elsewhere.value)
+    config = parse_config(
+        {"sources": {"seq": {**feed, "enrich": {"types": ["job_*"], "max_wait": "30s"}}}},
+        "t",
+        env={},
+    )
+    assert config.sources["seq"].enrich.max_wait == 30.0  # type: ignore[union-attr]
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
