@@ -20,7 +20,7 @@ from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
 from feedhook.sources.subjects import Enriched
-from feedhook.store.base import IngestItem, Store
+from feedhook.store.base import IngestItem, SourceLost, Store
 
 log = logging.getLogger("feedhook.source")
 
@@ -101,9 +101,23 @@ class Poller:
         self._initial_cursor = retry(self._guarded(source.initial_cursor))
 
     async def run(self) -> None:
-        """Poll until cancelled. A failing feed never ends this loop; it backs off."""
-        name = self.source.name
+        """Poll until cancelled. A failing feed never ends this loop; it backs off. A
+        source another worker took over (this one stalled past its lease) is waited
+        for and taken back, from the cursor that worker stored."""
         self.observer.started(self.health)
+        while True:
+            try:
+                await self._poll()
+            except* SourceLost:
+                log.warning(
+                    "%s: another worker took this source over; nothing of this batch was"
+                    " written, waiting to take it back",
+                    self.source.name,
+                    extra={"source": self.source.name},
+                )
+
+    async def _poll(self) -> None:
+        name = self.source.name
         await self._hold_source()
         cursor = await self.store.get_cursor(name)
         if cursor is None:
@@ -116,6 +130,7 @@ class Poller:
         pages: asyncio.Queue[tuple[Page, float]] = asyncio.Queue(maxsize=READ_AHEAD_PAGES)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._read(cursor, pages), name=f"read:{name}")
+            tasks.create_task(self._keep_source(), name=f"lease:{name}")
             while True:
                 read = [await pages.get()]
                 while not pages.empty() and len(read) < READ_AHEAD_PAGES:
@@ -149,6 +164,14 @@ class Poller:
             cursor = page.cursor
             if not page.more:
                 await asyncio.sleep(self._until_next_poll())
+
+    async def _keep_source(self) -> None:
+        """Renew the source's lease while polling (a batch may wait minutes for its
+        subjects); refused, the source is another worker's now."""
+        while True:
+            await asyncio.sleep(self.store.lease / 3)
+            if not await self.store.lease_source(self.source.name, clock.now()):
+                raise SourceLost(f"source {self.source.name} was taken over")
 
     async def _hold_source(self) -> bool:
         """Wait until the store grants this poller the source (one poller per source);

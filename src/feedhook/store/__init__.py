@@ -1,9 +1,8 @@
 """The durable outbox: events, deliveries, dead letters and cursors behind one small interface.
 
 `base.py` is the contract; `open_store(url)` is the one way to get a store: the URL's
-scheme picks the implementation (a file path or `sqlite:///path` is SQLite). The
-interface is narrow so a PostgreSQL implementation (claims with FOR UPDATE SKIP LOCKED,
-one poller per source by advisory lock) can follow without touching the rest.
+scheme picks the implementation: a file path or `sqlite:///path` is SQLite (one
+`feedhook run`), `postgresql://` (or `postgres://`) is PostgreSQL (several replicas).
 """
 
 from feedhook.store.base import (
@@ -12,6 +11,7 @@ from feedhook.store.base import (
     IngestItem,
     Outcome,
     PruneResult,
+    SourceLost,
     SourceState,
     Status,
     Storage,
@@ -47,14 +47,13 @@ def open_store(url: str, *, holder: bool = False) -> Store:
     if path is not None:
         return SqliteStore(path, exclusive=holder, verify=holder)
     if url.startswith(POSTGRES_SCHEMES):
-        raise StoreError(
-            "FEEDHOOK_DB names a PostgreSQL database, which this version of feedhook cannot"
-            " use yet; give it a SQLite file path (or sqlite:///path)"
-        )
+        from feedhook.store.postgres import PostgresStore  # its driver only when used
+
+        return PostgresStore(url)
     scheme = url.split("://", 1)[0]
     raise StoreError(
         f"FEEDHOOK_DB: unknown kind of store {scheme}://; give a SQLite file path"
-        " (or sqlite:///path)"
+        " (or sqlite:///path), or a postgresql:// URL"
     )
 
 
@@ -66,6 +65,7 @@ __all__ = [
     "MemoryStore",
     "Outcome",
     "PruneResult",
+    "SourceLost",
     "SourceState",
     "SqliteStore",
     "Status",

@@ -25,6 +25,12 @@ class StoreError(Exception):
     message says which database, what is wrong and what to do."""
 
 
+class SourceLost(StoreError):
+    """`ingest` refused: another worker holds the source's lease (this one stalled past
+    its lease and was taken over). Nothing was written; the poller waits to take the
+    source back and goes on from the stored cursor."""
+
+
 @dataclass(frozen=True, slots=True)
 class IngestItem:
     """One normalized event and the subscriptions it was routed to."""
@@ -188,7 +194,8 @@ class Store(Protocol):
         the first of duplicates in `items` wins), a pending delivery for each of their
         subscriptions, the cursor with a successful poll, and `subjects` (replacing the
         representation kept for each url). Returns the items that were new. Idempotent:
-        the same call again writes no event and no delivery."""
+        the same call again writes no event and no delivery. Raises SourceLost, writing
+        nothing, while another owner holds an unexpired lease on the source."""
         ...
 
     async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
@@ -228,7 +235,8 @@ class Store(Protocol):
         ...
 
     async def renew(self, now: float) -> int:
-        """Extend this owner's leases to `now + lease`; returns how many it holds."""
+        """Extend this owner's leases, its claims' and its sources', to `now + lease`;
+        returns how many claims it holds."""
         ...
 
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]: ...

@@ -25,6 +25,7 @@ from feedhook.store.base import (
     IngestItem,
     Outcome,
     PruneResult,
+    SourceLost,
     SourceState,
     Status,
     Storage,
@@ -153,6 +154,9 @@ class MemoryStore:
         subjects: Sequence[Subject] = (),
     ) -> list[IngestItem]:
         db, now = self.database, clock.now()
+        holder = db.source_leases.get(source)
+        if holder is not None and holder[0] != self.owner and holder[1] >= now:
+            raise SourceLost(f"source {source} is polled by another worker")
         fresh: dict[str, IngestItem] = {}
         for item in items:  # everything is worked out before anything changes
             if (source, item.upstream_id) not in db.event_keys:
@@ -226,6 +230,10 @@ class MemoryStore:
         mine = self._mine()
         for d in mine:
             d.lease_until = now + self.lease
+        leases = self.database.source_leases
+        for source, (owner, _) in list(leases.items()):
+            if owner == self.owner:
+                leases[source] = (owner, now + self.lease)
         return len(mine)
 
     def _mine(self) -> list[_Delivery]:

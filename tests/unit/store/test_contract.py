@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from feedhook.store import MemoryDatabase, MemoryStore, Outcome, SqliteStore, Store, Subject
+from feedhook.store import (
+    MemoryDatabase,
+    MemoryStore,
+    Outcome,
+    SourceLost,
+    SqliteStore,
+    Store,
+    Subject,
+)
+from feedhook.store.postgres import PostgresStore
 
 from conftest import ingest_item
 
@@ -19,16 +28,20 @@ from conftest import ingest_item
 class Stores:
     """Opens stores of one kind over one database: several workers sharing it."""
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
+    def __init__(self, kind: str, tmp_path: Path, postgres_url: str | None = None) -> None:
         self.kind = kind
         self.path = tmp_path / "contract.db"
         self.memory = MemoryDatabase()
+        self.postgres_url = postgres_url
         self.opened: list[Store] = []
 
     async def open(self, **options: float) -> Store:
         store: Store
         if self.kind == "sqlite":
             store = SqliteStore(self.path, **options)  # type: ignore[arg-type]
+        elif self.kind == "postgres":
+            assert self.postgres_url is not None
+            store = PostgresStore(self.postgres_url, **options)
         else:
             store = MemoryStore(self.memory, **options)  # type: ignore[arg-type]
         await store.open()
@@ -40,9 +53,12 @@ class Stores:
             await store.close()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = Stores(request.param, tmp_path)
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    opened = Stores(request.param, tmp_path, url)
     yield opened
     await opened.close()
 
@@ -331,17 +347,29 @@ async def test_a_poller_may_keep_its_own_source(stores: Stores) -> None:
     assert await store.lease_source("other", now)
 
 
-async def test_one_poller_per_source_on_a_shared_store() -> None:
+async def test_one_poller_per_source_on_a_shared_store(stores: Stores) -> None:
     """Where several workers share a store, the second is refused a source while the
-    first's lease runs, and takes it over once it ran out."""
-    database = MemoryDatabase()
-    first, second = MemoryStore(database, lease=30.0), MemoryStore(database, lease=30.0)
+    first's lease runs, and takes it over once it ran out; while the first holds it, the
+    second's ingest is refused (SourceLost) and writes nothing: no page, no cursor."""
+    if stores.kind == "sqlite":
+        pytest.skip("SQLite has one holder: its leases are always granted")
+    first, second = await stores.open(lease=30.0), await stores.open(lease=30.0)
     assert await first.lease_source("seq", 1000.0)
     assert not await second.lease_source("seq", 1010.0)
     assert await first.lease_source("seq", 1020.0)  # renewed: to 1050
     assert not await second.lease_source("seq", 1049.0)
     assert await second.lease_source("seq", 1051.0)
     assert not await first.lease_source("seq", 1052.0)
+
+    now = time.time()
+    assert await first.lease_source("live", now)
+    await first.ingest("live", [ingest_item(1)], "1")
+    with pytest.raises(SourceLost):
+        await second.ingest("live", [ingest_item(2)], "2")
+    assert await second.get_cursor("live") == "1"
+    assert [e.envelope_id for e in await second.stored_events(0, 10)] == ["seq:1"]
+    await first.renew(now + 25)  # keeps its source as it keeps its claims
+    assert not await second.lease_source("live", now + 40)
 
 
 async def test_subjects_are_written_with_their_page_and_pruned_once_deleted(

@@ -1,0 +1,873 @@
+"""The PostgreSQL store: the contract of `base.py` for several `feedhook run` replicas.
+
+Claims take due rows with `FOR UPDATE SKIP LOCKED` (two replicas never claim one row, and
+never wait on each other), owned under a lease each replica renews; one poller per source
+is a lease on the source's row, renewed while it polls and checked again inside every
+ingest transaction, so a replica that lost its source cannot write a page or move the
+cursor. Writes that make work notify `feedhook_work` at commit: every replica's
+dispatcher wakes at once. The schema is migrated at start under an advisory lock, so
+replicas starting together do not race. A lost connection is retried with backoff
+while readiness says the database is unreachable.
+
+The driver, asyncpg, comes with the `postgres` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from feedhook import clock
+from feedhook.envelope import encode
+from feedhook.store.base import (
+    DEFAULT_LEASE,
+    DeadLetter,
+    Delivery,
+    IngestItem,
+    Outcome,
+    PruneResult,
+    SourceLost,
+    SourceState,
+    Status,
+    Storage,
+    StoredEvent,
+    StoreError,
+    Subject,
+    SubscriptionCounts,
+    new_owner,
+)
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - the extra is missing
+    asyncpg = None
+
+log = logging.getLogger("feedhook.store")
+
+T = TypeVar("T")
+
+CHANNEL = "feedhook_work"
+# Any 64-bit number of our own: held while the schema is created or migrated.
+MIGRATION_LOCK = 0x66656564686F6F6B  # "feedhook"
+POOL_SIZE = 10  # connections per store: the dispatcher's claims and outcomes, polls, admin
+PRUNE_BATCH = 1000
+RETRY_FIRST, RETRY_MAX = 0.2, 10.0
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        source TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        ingested_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (source, upstream_id)
+    );
+    CREATE INDEX events_by_envelope ON events (envelope_id);
+    CREATE TABLE deliveries (
+        id BIGSERIAL PRIMARY KEY,
+        event_id BIGINT NOT NULL REFERENCES events (id),
+        subscription TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        owner TEXT,
+        lease_until DOUBLE PRECISION,
+        UNIQUE (event_id, subscription)
+    );
+    CREATE INDEX deliveries_due ON deliveries (subscription, next_attempt_at, id)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_claimed ON deliveries (owner) WHERE state = 'in_flight';
+    CREATE INDEX deliveries_finished ON deliveries (updated_at)
+        WHERE state IN ('delivered', 'dead');
+    CREATE TABLE dead_letters (
+        id BIGSERIAL PRIMARY KEY,
+        delivery_id BIGINT NOT NULL,
+        subscription TEXT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        status_code INTEGER,
+        reason TEXT NOT NULL,
+        response_body TEXT,
+        failed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX dead_letters_by_delivery ON dead_letters (delivery_id);
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        cursor TEXT,
+        cursor_updated_at DOUBLE PRECISION,
+        last_poll_at DOUBLE PRECISION,
+        last_success_at DOUBLE PRECISION,
+        last_error TEXT,
+        last_error_at DOUBLE PRECISION,
+        poller TEXT,
+        poller_until DOUBLE PRECISION
+    );
+    CREATE TABLE subjects (
+        source TEXT NOT NULL,
+        url TEXT NOT NULL,
+        representation TEXT NOT NULL,
+        deleted BOOLEAN NOT NULL,
+        fetched_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (source, url)
+    );
+    CREATE TABLE pruned_delivered (
+        subscription TEXT PRIMARY KEY,
+        n BIGINT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """The database went away (restarting, network lost), not a bad statement."""
+    if asyncpg is None:
+        return False
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.ConnectionDoesNotExistError,
+    )
+
+
+class PostgresStore:
+    """One replica's connections to a PostgreSQL database."""
+
+    def __init__(self, url: str, *, lease: float = DEFAULT_LEASE) -> None:
+        if asyncpg is None:
+            raise StoreError(
+                "FEEDHOOK_DB names a PostgreSQL database, but its driver is not installed:"
+                " pip install 'feedhook[postgres]'"
+            )
+        self.url = url
+        self.owner = new_owner()
+        self.lease = lease
+        self.locked_since: float | None = None  # here: since when the database is unreachable
+        self._pool: Any = None
+        self._listener: Any = None
+        self._wakes: list[Callable[[], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        where = _shown(self.url)
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=POOL_SIZE, command_timeout=60
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {where}: {exc}; check FEEDHOOK_DB and"
+                " that the server is up"
+            ) from None
+        try:
+            await self._migrate(where)
+            await self._listen()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            conn, self._listener = self._listener, None
+            try:
+                await conn.close(timeout=5)
+            except Exception:  # closing a connection that is already gone
+                conn.terminate()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def check_identity(self) -> None:
+        pass  # a server, not a file that can be replaced underneath
+
+    async def _migrate(self, where: str) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS feedhook_schema (version INTEGER NOT NULL)"
+                )
+                version = await conn.fetchval("SELECT max(version) FROM feedhook_schema") or 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the database at {where} has schema version {version}, newer than"
+                        f" this feedhook understands ({SCHEMA_VERSION}); upgrade feedhook"
+                        " (another replica runs a newer one)"
+                    )
+                for number in range(version, SCHEMA_VERSION):
+                    async with conn.transaction():
+                        await conn.execute(MIGRATIONS[number])
+                        await conn.execute(
+                            "INSERT INTO feedhook_schema (version) VALUES ($1)", number + 1
+                        )
+                    log.info("database schema migrated to version %d", number + 1)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def _listen(self) -> None:
+        """A connection of its own that hears every replica's `NOTIFY feedhook_work`."""
+        conn = await asyncpg.connect(self.url)
+        await conn.add_listener(CHANNEL, self._heard)
+        conn.add_termination_listener(lambda _: self._listener_lost())
+        self._listener = conn
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload != self.owner:
+            self._work_arrived()
+
+    def _listener_lost(self) -> None:
+        if self._pool is None:
+            return  # closing
+        log.warning("lost the database connection that hears other replicas; reconnecting")
+        asyncio.get_running_loop().create_task(self._relisten())
+
+    async def _relisten(self) -> None:
+        delay = RETRY_FIRST
+        while self._pool is not None:
+            try:
+                await self._listen()
+                self._work_arrived()  # whatever was notified meanwhile
+                return
+            except Exception as exc:
+                if not _retryable(exc) and not isinstance(exc, asyncpg.PostgresError):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        self._wakes.append(wake)
+
+    def _work_arrived(self) -> None:
+        for wake in self._wakes:
+            wake()
+
+    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """`work(connection)` on a pooled connection; retried with backoff while the
+        database is unreachable (each call is one transaction or one idempotent read)."""
+        delay = RETRY_FIRST
+        while True:
+            if self._pool is None:
+                raise StoreError("the PostgreSQL store is closed")
+            try:
+                async with self._pool.acquire() as conn:
+                    result = await work(conn)
+                if self.locked_since is not None:
+                    log.info("the database answers again")
+                    self.locked_since = None
+                return result
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                if self.locked_since is None:
+                    self.locked_since = clock.now()
+                    log.warning(
+                        "the database at %s is unreachable (%s); retrying",
+                        _shown(self.url),
+                        exc,
+                    )
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(RETRY_MAX, delay * 2)
+
+    # --- sources ---------------------------------------------------------------------
+
+    async def get_cursor(self, source: str) -> str | None:
+        return await self._run(
+            lambda c: c.fetchval("SELECT cursor FROM sources WHERE name = $1", source)
+        )
+
+    async def lease_source(self, source: str, now: float) -> bool:
+        async def lease(conn: Any) -> bool:
+            row = await conn.fetchrow(
+                "INSERT INTO sources (name, poller, poller_until) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET poller = excluded.poller,"
+                " poller_until = excluded.poller_until"
+                " WHERE sources.poller IS NULL OR sources.poller = excluded.poller"
+                " OR sources.poller_until < $4 RETURNING poller",
+                source,
+                self.owner,
+                now + self.lease,
+                now,
+            )
+            return row is not None
+
+        return await self._run(lease)
+
+    async def set_cursor(self, source: str, cursor: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO sources (name, cursor, cursor_updated_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
+                " cursor_updated_at = excluded.cursor_updated_at",
+                source,
+                cursor,
+                clock.now(),
+            )
+        )
+
+    async def record_poll_error(self, source: str, at: float, error: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO sources (name, last_poll_at, last_error, last_error_at)"
+                " VALUES ($1, $2, $3, $2) ON CONFLICT (name) DO UPDATE SET"
+                " last_poll_at = excluded.last_poll_at, last_error = excluded.last_error,"
+                " last_error_at = excluded.last_error_at",
+                source,
+                at,
+                error,
+            )
+        )
+
+    async def ingest(
+        self,
+        source: str,
+        items: Sequence[IngestItem],
+        cursor: str,
+        subjects: Sequence[Subject] = (),
+    ) -> list[IngestItem]:
+        """See Store.ingest. Refused (SourceLost) when another replica holds the source."""
+        first_seen: dict[str, IngestItem] = {}
+        for item in items:
+            first_seen.setdefault(item.upstream_id, item)
+        unique = list(first_seen.values())
+
+        async def write(conn: Any) -> list[IngestItem]:
+            now = clock.now()
+            async with conn.transaction():
+                holder = await conn.fetchrow(
+                    "SELECT poller, poller_until FROM sources WHERE name = $1 FOR UPDATE", source
+                )
+                if (
+                    holder is not None
+                    and holder["poller"] not in (None, self.owner)
+                    and (holder["poller_until"] or 0) >= now
+                ):
+                    raise SourceLost(f"source {source} is polled by another replica")
+                rows = await conn.fetch(
+                    "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
+                    " ingested_at) SELECT $1, u, e, t, b, $6 FROM unnest($2::text[],"
+                    " $3::text[], $4::text[], $5::bytea[]) AS x(u, e, t, b)"
+                    " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
+                    source,
+                    [i.upstream_id for i in unique],
+                    [i.envelope.id for i in unique],
+                    [i.envelope.type for i in unique],
+                    [i.envelope.body for i in unique],
+                    now,
+                )
+                event_ids = {r["upstream_id"]: r["id"] for r in rows}
+                fresh = [i for i in unique if i.upstream_id in event_ids]
+                pairs = [(event_ids[i.upstream_id], n) for i in fresh for n in i.subscriptions]
+                if pairs:
+                    await conn.execute(
+                        "INSERT INTO deliveries (event_id, subscription, state,"
+                        " next_attempt_at, created_at, updated_at) SELECT e, s, 'pending',"
+                        " $3, $3, $3 FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY"
+                        " AS x(e, s, n) ORDER BY n",
+                        [p[0] for p in pairs],
+                        [p[1] for p in pairs],
+                        now,
+                    )
+                    await self._notify_on(conn)
+                await conn.execute(
+                    "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
+                    " last_success_at) VALUES ($1, $2, $3, $3, $3) ON CONFLICT (name) DO"
+                    " UPDATE SET cursor = excluded.cursor,"
+                    " cursor_updated_at = excluded.cursor_updated_at,"
+                    " last_poll_at = excluded.last_poll_at,"
+                    " last_success_at = excluded.last_success_at, last_error = NULL,"
+                    " last_error_at = NULL",
+                    source,
+                    cursor,
+                    now,
+                )
+                if subjects:
+                    await conn.executemany(
+                        "INSERT INTO subjects (source, url, representation, deleted,"
+                        " fetched_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, url)"
+                        " DO UPDATE SET representation = excluded.representation,"
+                        " deleted = excluded.deleted, fetched_at = excluded.fetched_at",
+                        [
+                            (
+                                source,
+                                x.url,
+                                encode(x.representation).decode(),
+                                x.deleted,
+                                x.fetched_at,
+                            )
+                            for x in subjects
+                        ],
+                    )
+            return fresh
+
+        fresh = await self._run(write)
+        if any(i.subscriptions for i in fresh):
+            self._work_arrived()  # this replica at once; the others through NOTIFY
+        return fresh
+
+    async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT url, representation, deleted, fetched_at FROM subjects"
+                " WHERE source = $1 AND url = ANY($2::text[])",
+                source,
+                list(urls),
+            )
+        )
+        return {
+            r["url"]: Subject(
+                r["url"], json.loads(r["representation"]), r["deleted"], r["fetched_at"]
+            )
+            for r in rows
+        }
+
+    # --- deliveries ------------------------------------------------------------------
+
+    async def recover_in_flight(self, now: float) -> int:
+        """See Store.recover_in_flight: claims whose lease ran out (a replica that died
+        or lost the database for longer than a lease); a live replica's are left alone."""
+        status = await self._run(
+            lambda c: c.execute(
+                "UPDATE deliveries SET state = 'pending', owner = NULL, lease_until = NULL"
+                " WHERE state = 'in_flight' AND (lease_until IS NULL OR lease_until < $1)",
+                now,
+            )
+        )
+        taken = int(status.split()[-1])
+        if taken:
+            await self._notify()
+        return taken
+
+    async def _notify(self) -> None:
+        await self._run(self._notify_on)
+
+    async def _notify_on(self, conn: Any) -> None:
+        """Tell every other replica that work arrived (at commit, inside a transaction);
+        the payload names this one, which wakes its own dispatcher directly."""
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.owner)
+
+    async def renew(self, now: float) -> int:
+        async def renew(conn: Any) -> int:
+            status = await conn.execute(
+                "UPDATE deliveries SET lease_until = $2 WHERE state = 'in_flight' AND owner = $1",
+                self.owner,
+                now + self.lease,
+            )
+            await conn.execute(
+                "UPDATE sources SET poller_until = $2 WHERE poller = $1",
+                self.owner,
+                now + self.lease,
+            )
+            return int(status.split()[-1])
+
+        return await self._run(renew)
+
+    async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]:
+        return await self.claim({subscription: limit}, now)
+
+    async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]:
+        """Due rows of every subscription that wants work, taken with FOR UPDATE SKIP
+        LOCKED (rows another replica is claiming are passed over, never waited for)."""
+        names = [name for name, n in wants.items() if n > 0]
+        if not names:
+            return []
+        rows = await self._run(
+            lambda c: c.fetch(
+                "WITH due AS (SELECT d.id FROM unnest($1::text[], $2::int[]) AS w(s, n)"
+                " CROSS JOIN LATERAL (SELECT id FROM deliveries WHERE state = 'pending'"
+                " AND subscription = w.s AND next_attempt_at <= $3"
+                " ORDER BY next_attempt_at, id LIMIT w.n FOR UPDATE SKIP LOCKED) d),"
+                " claimed AS (UPDATE deliveries SET state = 'in_flight', owner = $4,"
+                " lease_until = $5 FROM due WHERE deliveries.id = due.id RETURNING"
+                " deliveries.id, deliveries.subscription, deliveries.event_id,"
+                " deliveries.attempts, deliveries.created_at, deliveries.next_attempt_at)"
+                " SELECT c.id, c.subscription, e.envelope_id, e.body, c.attempts,"
+                " c.created_at, e.ingested_at FROM claimed c JOIN events e"
+                " ON e.id = c.event_id ORDER BY c.next_attempt_at, c.id",
+                names,
+                [wants[n] for n in names],
+                now,
+                self.owner,
+                now + self.lease,
+            )
+        )
+        return [Delivery(*r) for r in rows]
+
+    async def release(self, ids: Sequence[int]) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE deliveries SET state = 'pending', owner = NULL, lease_until = NULL"
+                " WHERE id = ANY($1::bigint[]) AND state = 'in_flight' AND owner = $2",
+                list(ids),
+                self.owner,
+            )
+        )
+
+    async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
+        value = await self._run(
+            lambda c: c.fetchval(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+                " AND subscription = ANY($1::text[])",
+                list(subscriptions),
+            )
+        )
+        return None if value is None else float(value)
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> None:
+        """Outcomes of this replica's claims, in one transaction; a claim that is no
+        longer this replica's (its lease ran out) is left to its new owner."""
+        if not outcomes:
+            return
+
+        async def write(conn: Any) -> None:
+            async with conn.transaction():
+                done = await conn.fetch(
+                    "UPDATE deliveries d SET state = CASE WHEN o.kind = 'retry' THEN"
+                    " 'pending' ELSE o.kind END, attempts = o.attempts, updated_at = o.at,"
+                    " next_attempt_at = coalesce(o.next_at, d.next_attempt_at),"
+                    " last_status = o.status, last_error = CASE WHEN o.kind = 'delivered'"
+                    " THEN NULL ELSE o.reason END, owner = NULL, lease_until = NULL"
+                    " FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[],"
+                    " $5::float8[], $6::int[], $7::text[]) AS o(id, kind, attempts, at,"
+                    " next_at, status, reason) WHERE d.id = o.id AND d.state = 'in_flight'"
+                    " AND d.owner = $8 RETURNING d.id",
+                    [o.delivery_id for o in outcomes],
+                    [o.kind for o in outcomes],
+                    [o.attempts for o in outcomes],
+                    [o.at for o in outcomes],
+                    [o.next_attempt_at for o in outcomes],
+                    [o.status_code for o in outcomes],
+                    [o.reason for o in outcomes],
+                    self.owner,
+                )
+                written = {r["id"] for r in done}
+                dead = [o for o in outcomes if o.kind == "dead" and o.delivery_id in written]
+                if dead:
+                    await conn.execute(
+                        "INSERT INTO dead_letters (delivery_id, subscription, envelope_id,"
+                        " type, attempts, status_code, reason, response_body, failed_at)"
+                        " SELECT d.id, d.subscription, e.envelope_id, e.type, o.attempts,"
+                        " o.status, o.reason, o.body, o.at FROM unnest($1::bigint[],"
+                        " $2::int[], $3::int[], $4::text[], $5::text[], $6::float8[])"
+                        " WITH ORDINALITY AS o(id, attempts, status, reason, body, at, n)"
+                        " JOIN deliveries d ON d.id = o.id JOIN events e ON e.id = d.event_id"
+                        " ORDER BY o.n",
+                        [o.delivery_id for o in dead],
+                        [o.attempts for o in dead],
+                        [o.status_code for o in dead],
+                        [o.reason or "" for o in dead],
+                        [o.response_body for o in dead],
+                        [o.at for o in dead],
+                    )
+
+        await self._run(write)
+
+    # --- operations ------------------------------------------------------------------
+
+    async def status(self) -> Status:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT name, cursor, cursor_updated_at, last_poll_at, last_success_at,"
+                " last_error, last_error_at FROM sources ORDER BY name"
+            )
+        )
+        return Status(
+            sources={r["name"]: SourceState(*r) for r in rows},
+            subscriptions=await self.counts(),
+        )
+
+    async def counts(self) -> dict[str, SubscriptionCounts]:
+        async def read(conn: Any) -> dict[str, SubscriptionCounts]:
+            counts: dict[str, SubscriptionCounts] = {}
+            for r in await conn.fetch(
+                "SELECT subscription, state, count(*) AS n FROM deliveries"
+                " GROUP BY subscription, state"
+            ):
+                c = counts.setdefault(r["subscription"], SubscriptionCounts())
+                if r["state"] in ("pending", "in_flight"):
+                    c.pending += r["n"]
+                elif r["state"] == "delivered":
+                    c.delivered += r["n"]
+                else:
+                    c.dead += r["n"]
+            for r in await conn.fetch("SELECT subscription, n FROM pruned_delivered"):
+                counts.setdefault(r["subscription"], SubscriptionCounts()).delivered += r["n"]
+            for r in await conn.fetch(
+                "SELECT subscription, count(*) AS n FROM dead_letters GROUP BY subscription"
+            ):
+                counts.setdefault(r["subscription"], SubscriptionCounts()).dead_letter = r["n"]
+            return counts
+
+        return await self._run(read)
+
+    async def list_dead(
+        self, subscription: str | None = None, limit: int = 100, after: int = 0
+    ) -> list[DeadLetter]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT id, delivery_id, subscription, envelope_id, type, attempts,"
+                " status_code, reason, response_body, failed_at FROM dead_letters"
+                " WHERE id > $1 AND ($2::text IS NULL OR subscription = $2)"
+                " ORDER BY id LIMIT $3",
+                after,
+                subscription,
+                limit,
+            )
+        )
+        return [DeadLetter(*r) for r in rows]
+
+    async def get_dead(self, dead_id: int) -> DeadLetter | None:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT x.id, x.delivery_id, x.subscription, x.envelope_id, x.type,"
+                " x.attempts, x.status_code, x.reason, x.response_body, x.failed_at, e.body"
+                " FROM dead_letters x JOIN deliveries d ON d.id = x.delivery_id"
+                " JOIN events e ON e.id = d.event_id WHERE x.id = $1",
+                dead_id,
+            )
+        )
+        return None if row is None else DeadLetter(*row)
+
+    _DEAD = (
+        "($1::bigint[] IS NULL OR id = ANY($1::bigint[]))"
+        " AND ($2::text IS NULL OR subscription = $2)"
+    )
+
+    async def replay_dead(
+        self, ids: Sequence[int] | None, subscription: str | None, now: float
+    ) -> int:
+        async def replay(conn: Any) -> int:
+            async with conn.transaction():
+                letters = await conn.fetch(
+                    f"DELETE FROM dead_letters WHERE {self._DEAD} RETURNING delivery_id",
+                    None if ids is None else list(ids),
+                    subscription,
+                )
+                if letters:
+                    await conn.execute(
+                        "UPDATE deliveries SET state = 'pending', attempts = 0,"
+                        " last_error = NULL, next_attempt_at = $2, created_at = $2,"
+                        " updated_at = $2 WHERE id = ANY($1::bigint[]) AND state = 'dead'",
+                        [r["delivery_id"] for r in letters],
+                        now,
+                    )
+                    await self._notify_on(conn)
+                return len(letters)
+
+        replayed = await self._run(replay)
+        if replayed:
+            self._work_arrived()
+        return replayed
+
+    async def purge_dead(self, ids: Sequence[int] | None, subscription: str | None) -> int:
+        status = await self._run(
+            lambda c: c.execute(
+                f"DELETE FROM dead_letters WHERE {self._DEAD}",
+                None if ids is None else list(ids),
+                subscription,
+            )
+        )
+        return int(status.split()[-1])
+
+    async def prune(
+        self, now: float, delivered_for: float, dead_letters_for: float | None
+    ) -> PruneResult:
+        """See Store.prune: PRUNE_BATCH rows per transaction; any replica may run it."""
+        result = PruneResult()
+        done_before = now - delivered_for
+
+        async def dead_letters(conn: Any) -> int:
+            async with conn.transaction():
+                gone = await conn.fetch(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+                    " WHERE failed_at < $1 ORDER BY id LIMIT $2) RETURNING delivery_id",
+                    now - (dead_letters_for or 0.0),
+                    PRUNE_BATCH,
+                )
+                await conn.execute(
+                    "DELETE FROM deliveries WHERE state = 'dead' AND id = ANY($1::bigint[])",
+                    [r["delivery_id"] for r in gone],
+                )
+                return len(gone)
+
+        async def deliveries(conn: Any) -> int:
+            async with conn.transaction():
+                gone = await conn.fetch(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries d"
+                    " WHERE state IN ('delivered', 'dead') AND updated_at < $1 AND"
+                    " (state = 'delivered' OR NOT EXISTS (SELECT 1 FROM dead_letters x"
+                    " WHERE x.delivery_id = d.id)) LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING subscription, state",
+                    done_before,
+                    PRUNE_BATCH,
+                )
+                # The delivered count is a lifetime total: what pruning removes is kept.
+                delivered = Counter(r["subscription"] for r in gone if r["state"] == "delivered")
+                if delivered:
+                    await conn.execute(
+                        "INSERT INTO pruned_delivered (subscription, n) SELECT * FROM"
+                        " unnest($1::text[], $2::bigint[]) ON CONFLICT (subscription) DO"
+                        " UPDATE SET n = pruned_delivered.n + excluded.n",
+                        list(delivered),
+                        list(delivered.values()),
+                    )
+                return len(gone)
+
+        def deleting(sql: str) -> Callable[[Any], Awaitable[int]]:
+            async def run(conn: Any) -> int:
+                return int((await conn.execute(sql, done_before, PRUNE_BATCH)).split()[-1])
+
+            return run
+
+        events = deleting(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE ingested_at < $1"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) LIMIT $2)"
+        )
+        subjects = deleting(
+            "DELETE FROM subjects WHERE (source, url) IN (SELECT source, url FROM subjects"
+            " WHERE deleted AND fetched_at < $1 LIMIT $2)"
+        )
+        steps: list[tuple[str, Callable[[Any], Awaitable[int]]]] = [
+            ("deliveries", deliveries),
+            ("events", events),
+            ("subjects", subjects),
+        ]
+        if dead_letters_for is not None:
+            steps.insert(0, ("dead_letters", dead_letters))
+        for field_name, step in steps:
+            while True:
+                n = await self._run(step)
+                setattr(result, field_name, getattr(result, field_name) + n)
+                if n < PRUNE_BATCH:
+                    break
+        return result
+
+    async def storage(self) -> Storage:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT (SELECT count(*) FROM events) AS events,"
+                " (SELECT count(*) FROM subjects) AS subjects,"
+                " pg_database_size(current_database()) AS bytes"
+            )
+        )
+        # PostgreSQL reuses freed space itself (autovacuum); none is reported as free.
+        return Storage(
+            events=row["events"], bytes=row["bytes"], free_bytes=0, subjects=row["subjects"]
+        )
+
+    async def stored_events(
+        self,
+        after: int,
+        limit: int,
+        *,
+        envelope_ids: Sequence[str] | None = None,
+        source: str | None = None,
+        type_glob: str | None = None,
+        since: float | None = None,
+    ) -> list[StoredEvent]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT id, envelope_id, source, type, body FROM events WHERE id > $1"
+                " AND ($2::text[] IS NULL OR envelope_id = ANY($2::text[]))"
+                " AND ($3::text IS NULL OR source = $3)"
+                " AND ($4::text IS NULL OR type ~ $4)"
+                " AND ($5::float8 IS NULL OR ingested_at >= $5)"
+                " ORDER BY id LIMIT $6",
+                after,
+                list(envelope_ids) if envelope_ids else None,
+                source,
+                None if type_glob is None else _glob_regex(type_glob),
+                since,
+                limit,
+            )
+        )
+        return [StoredEvent(*r) for r in rows]
+
+    async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
+        async def enqueue(conn: Any) -> int:
+            async with conn.transaction():
+                await conn.execute(
+                    "DELETE FROM dead_letters WHERE delivery_id IN (SELECT id FROM deliveries"
+                    " WHERE subscription = $1 AND event_id = ANY($2::bigint[])"
+                    " AND state != 'in_flight')",
+                    subscription,
+                    list(event_ids),
+                )
+                status = await conn.execute(
+                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                    " created_at, updated_at) SELECT e, $1, 'pending', $3, $3, $3 FROM"
+                    " unnest($2::bigint[]) AS x(e) ON CONFLICT (event_id, subscription) DO"
+                    " UPDATE SET state = 'pending', attempts = 0, next_attempt_at = $3,"
+                    " created_at = $3, updated_at = $3, last_error = NULL"
+                    " WHERE deliveries.state != 'in_flight'",
+                    subscription,
+                    list(event_ids),
+                    now,
+                )
+                queued = int(status.split()[-1])
+                if queued:
+                    await self._notify_on(conn)
+                return queued
+
+        queued = await self._run(enqueue)
+        if queued:
+            self._work_arrived()
+        return queued
+
+
+def _glob_regex(glob: str) -> str:
+    """An fnmatch glob as a PostgreSQL regular expression (anchored, case-sensitive)."""
+    out, i = [], 0
+    while i < len(glob):
+        char = glob[i]
+        end = glob.find("]", i + 2) if char == "[" else -1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif end > 0:  # a bracket expression, [!...] negated
+            inner = glob[i + 1 : end]
+            out.append("[" + ("^" + inner[1:] if inner.startswith("!") else inner) + "]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "^" + "".join(out) + "$"
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
