@@ -188,7 +188,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         admin = AdminServer(runtime, settings)
         await admin.start()  # health answers while the store opens; readiness waits
         try:
-            async with open_store(settings.db, holder=True) as store:
+            async with open_store(settings.db, holder=True, lease=settings.lease) as store:
                 worker = Worker(
                     config,
                     store,

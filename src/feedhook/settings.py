@@ -5,6 +5,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feedhook.config.values import Duration
+
 
 class Settings(BaseSettings):
     """Process-level settings; everything about feeds and subscribers lives in the YAML."""
@@ -21,6 +23,9 @@ class Settings(BaseSettings):
     # The pollers in a process of their own (`feedhook run`): ingest and delivery each get
     # a core. false: everything in one process (a one-core container).
     ingest_process: bool = True
+    # How long a claim (and a source) stays a worker's without renewal: with several
+    # replicas, how soon the others take over the work of one that died.
+    lease: Duration = Field(default=30.0, ge=1.0, le=600.0)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -47,6 +52,7 @@ _EXPECTED = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "auto, json or text",
     "ingest_process": "true or false",
+    "lease": "a duration from 1s to 10m, e.g. 30s",
 }
 
 

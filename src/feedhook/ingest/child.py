@@ -219,15 +219,15 @@ async def _receive(reader: asyncio.StreamReader) -> Config | None:
     return config
 
 
-async def _child(store_url: str, reports: IO[bytes], admin_token: str) -> int:
+async def _child(store_url: str, reports: IO[bytes], settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     config = await _receive(reader)
     if config is None:
         return 0
-    logs.redact.update(config.secret_values() | {admin_token})
-    async with open_store(store_url) as store:
+    logs.redact.update(config.secret_values() | {settings.admin_token or ""})
+    async with open_store(store_url, lease=settings.lease) as store:
         ingest = InProcessIngest(config, store, PipeObserver(reports))
 
         async def listen() -> None:
@@ -253,7 +253,7 @@ def main() -> int:
     tune_gc()
     code = 1
     try:
-        code = run_async(_child(sys.argv[1], reports, settings.admin_token or ""))
+        code = run_async(_child(sys.argv[1], reports, settings))
     except* BrokenPipeError:
         code = 0  # the main process is gone: nothing left to report to
     except* Exception as failed:

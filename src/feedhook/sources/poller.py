@@ -105,6 +105,8 @@ class Poller:
         source another worker took over (this one stalled past its lease) is waited
         for and taken back, from the cursor that worker stored."""
         self.observer.started(self.health)
+        await self.store.join(clock.now())
+        await asyncio.sleep(self.store.settle)
         while True:
             try:
                 await self._poll()
@@ -180,12 +182,12 @@ class Poller:
         while not await self.store.lease_source(name, clock.now()):
             if not waited:
                 log.info(
-                    "%s: another worker polls this source; waiting to take over",
+                    "%s: the source is another worker's for now; waiting for it",
                     name,
                     extra={"source": name},
                 )
                 waited = True
-            await asyncio.sleep(self.store.lease / 3)
+            await asyncio.sleep(min(1.0, self.store.lease / 3))
         return waited
 
     def _until_next_poll(self) -> float:

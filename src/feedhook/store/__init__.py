@@ -6,6 +6,7 @@ scheme picks the implementation: a file path or `sqlite:///path` is SQLite (one
 """
 
 from feedhook.store.base import (
+    DEFAULT_LEASE,
     DeadLetter,
     Delivery,
     IngestItem,
@@ -39,17 +40,17 @@ def sqlite_path(url: str) -> str | None:
     return url
 
 
-def open_store(url: str, *, holder: bool = False) -> Store:
+def open_store(url: str, *, holder: bool = False, lease: float = DEFAULT_LEASE) -> Store:
     """The store a URL names, not yet opened (use `async with`). `holder`: this process
     is the one `feedhook run` the store serves (SQLite: the holder lock, a check of the
     file at open, and the watch on the file's identity)."""
     path = sqlite_path(url)
     if path is not None:
-        return SqliteStore(path, exclusive=holder, verify=holder)
+        return SqliteStore(path, exclusive=holder, verify=holder, lease=lease)
     if url.startswith(POSTGRES_SCHEMES):
         from feedhook.store.postgres import PostgresStore  # its driver only when used
 
-        return PostgresStore(url)
+        return PostgresStore(url, lease=lease)
     scheme = url.split("://", 1)[0]
     raise StoreError(
         f"FEEDHOOK_DB: unknown kind of store {scheme}://; give a SQLite file path"

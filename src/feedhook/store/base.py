@@ -210,6 +210,14 @@ class Store(Protocol):
         per database, and its ingest process is the only poller there."""
         ...
 
+    # Seconds a poller waits, once it joined, before asking for its first source, so
+    # that replicas started together see each other first (0 where one worker polls).
+    settle: float
+
+    async def join(self, now: float) -> None:
+        """This owner is about to poll: count it among the live pollers the sources are
+        shared out to (renewed by every `lease_source`). A no-op where one worker polls."""
+
     def on_work(self, wake: Callable[[], None]) -> None:
         """Have `wake` called whenever work may have arrived for the dispatchers: new
         deliveries written by `ingest` or `enqueue`, dead letters replayed. SQLite calls

@@ -103,6 +103,7 @@ class MemoryStore:
         self.holder = holder  # like SQLite's: every other owner is known to be gone
         self.owner = new_owner()
         self.lease = lease
+        self.settle = 0.0  # one worker polls every source: nothing to share out
         self.locked_since: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -135,6 +136,9 @@ class MemoryStore:
             return False
         self.database.source_leases[source] = (self.owner, now + self.lease)
         return True
+
+    async def join(self, now: float) -> None:
+        """See Store.join: one worker polls every source here."""
 
     def on_work(self, wake: Callable[[], None]) -> None:
         self.database.wakes.append(wake)

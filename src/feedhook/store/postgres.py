@@ -15,6 +15,8 @@ The driver, asyncpg, comes with the `postgres` extra.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -115,7 +117,13 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT,
         last_error_at DOUBLE PRECISION,
         poller TEXT,
-        poller_until DOUBLE PRECISION
+        poller_until DOUBLE PRECISION,
+        free_since DOUBLE PRECISION,
+        asked_at DOUBLE PRECISION
+    );
+    CREATE TABLE pollers (
+        owner TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE subjects (
         source TEXT NOT NULL,
@@ -161,6 +169,9 @@ class PostgresStore:
         self.url = url
         self.owner = new_owner()
         self.lease = lease
+        # Replicas started together first see each other, then share out the sources
+        # (rather than the first taking all and handing most over again).
+        self.settle = 1.5
         self.locked_since: float | None = None  # here: since when the database is unreachable
         self._pool: Any = None
         self._listener: Any = None
@@ -187,6 +198,16 @@ class PostgresStore:
             raise
 
     async def close(self) -> None:
+        if self._pool is not None:
+            # A graceful stop hands its sources over at once, not after the lease.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._pool.execute(
+                        "UPDATE sources SET poller = NULL, poller_until = NULL WHERE poller = $1",
+                        self.owner,
+                    ),
+                    5,
+                )
         if self._listener is not None:
             conn, self._listener = self._listener, None
             try:
@@ -305,20 +326,88 @@ class PostgresStore:
             lambda c: c.fetchval("SELECT cursor FROM sources WHERE name = $1", source)
         )
 
+    async def join(self, now: float) -> None:
+        await self._run(lambda c: self._seen(c, now))
+
+    async def _seen(self, conn: Any, now: float) -> None:
+        await conn.execute(
+            "INSERT INTO pollers (owner, seen_at) VALUES ($1, $2) ON CONFLICT (owner)"
+            " DO UPDATE SET seen_at = excluded.seen_at",
+            self.owner,
+            now,
+        )
+
     async def lease_source(self, source: str, now: float) -> bool:
+        """See Store.lease_source. Sources spread over the replicas that poll: each has a
+        preferred replica (`_assignment`: rendezvous hashing over the live ones, at most
+        a share each), which takes it when it is free; another takes a free source only
+        once it stayed free for a lease. A replica holding more than its share (sources
+        / live replicas, rounded up) hands over the ones preferring another, so a
+        replica that joins gets its part."""
+
         async def lease(conn: Any) -> bool:
-            row = await conn.fetchrow(
-                "INSERT INTO sources (name, poller, poller_until) VALUES ($1, $2, $3)"
-                " ON CONFLICT (name) DO UPDATE SET poller = excluded.poller,"
-                " poller_until = excluded.poller_until"
-                " WHERE sources.poller IS NULL OR sources.poller = excluded.poller"
-                " OR sources.poller_until < $4 RETURNING poller",
-                source,
-                self.owner,
-                now + self.lease,
-                now,
-            )
-            return row is not None
+            async with conn.transaction():
+                await self._seen(conn, now)
+                await conn.execute(
+                    "INSERT INTO sources (name, free_since) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    source,
+                    now,
+                )
+                row = await conn.fetchrow(
+                    "UPDATE sources SET asked_at = $2 WHERE name = $1"
+                    " RETURNING poller, poller_until, free_since",
+                    source,
+                    now,
+                )
+                live = [
+                    r["owner"]
+                    for r in await conn.fetch(
+                        "SELECT owner FROM pollers WHERE seen_at >= $1", now - self.lease
+                    )
+                ]
+                wanted = [
+                    r["name"]
+                    for r in await conn.fetch(
+                        "SELECT name FROM sources WHERE asked_at >= $1 OR poller_until >= $2"
+                        " ORDER BY name",
+                        now - self.lease,
+                        now,
+                    )
+                ]
+                mine = await conn.fetchval(
+                    "SELECT count(*) FROM sources WHERE poller = $1 AND poller_until >= $2",
+                    self.owner,
+                    now,
+                )
+                share = -(-max(1, len(wanted)) // max(1, len(live)))
+                preferred = _assignment(wanted, live, share).get(source, self.owner)
+                holder, until = row["poller"], row["poller_until"] or 0.0
+                if holder not in (None, self.owner) and until >= now:
+                    return False
+                if holder == self.owner and until >= now:
+                    if mine > share and preferred != self.owner:
+                        await conn.execute(
+                            "UPDATE sources SET poller = NULL, poller_until = NULL,"
+                            " free_since = $2 WHERE name = $1",
+                            source,
+                            now,
+                        )
+                        log.info("source %s handed over to spread the sources", source)
+                        return False
+                else:  # free, or its holder's lease ran out
+                    free_since = row["free_since"] or (until if holder else now)
+                    waited = now - free_since >= self.lease
+                    if preferred != self.owner and (mine >= share or not waited):
+                        return False
+                await conn.execute(
+                    "UPDATE sources SET poller = $2, poller_until = $3, free_since = NULL"
+                    " WHERE name = $1",
+                    source,
+                    self.owner,
+                    now + self.lease,
+                )
+                return True
 
         return await self._run(lease)
 
@@ -842,6 +931,24 @@ class PostgresStore:
         if queued:
             self._work_arrived()
         return queued
+
+
+def _assignment(sources: list[str], owners: list[str], share: int) -> dict[str, str]:
+    """Which live replica each wanted source prefers: rendezvous hashing (each source's
+    highest-ranked replica) with at most `share` sources a replica, so every replica
+    that asks works out the same balanced answer."""
+    load: Counter[str] = Counter()
+    chosen: dict[str, str] = {}
+    for source in sources:
+        ranked = sorted(owners, key=lambda owner: _rank(source, owner), reverse=True)
+        owner = next((o for o in ranked if load[o] < share), ranked[0])
+        chosen[source] = owner
+        load[owner] += 1
+    return chosen
+
+
+def _rank(source: str, owner: str) -> bytes:
+    return hashlib.sha256(f"{source}\0{owner}".encode()).digest()
 
 
 def _glob_regex(glob: str) -> str:

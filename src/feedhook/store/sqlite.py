@@ -299,6 +299,7 @@ class SqliteStore:
         self.exclusive = exclusive
         self.owner = new_owner()
         self.lease = lease
+        self.settle = 0.0  # one worker polls every source: nothing to share out
         self.verify = verify  # quick_check the file at open (feedhook run)
         self._db: _Connection | None = None
         self._lock = asyncio.Lock()
@@ -575,6 +576,9 @@ class SqliteStore:
     async def lease_source(self, source: str, now: float) -> bool:
         """See Store.lease_source: always granted (one holder, one ingest process)."""
         return True
+
+    async def join(self, now: float) -> None:
+        """See Store.join: one worker polls every source here."""
 
     def on_work(self, wake: Callable[[], None]) -> None:
         self._wakes.append(wake)

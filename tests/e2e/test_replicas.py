@@ -1,0 +1,183 @@
+"""Several `feedhook run` replicas on one PostgreSQL database (a real server)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from feedhook.sim import Receiver, SimFeed
+
+from conftest import Cli, PostgresServer, eventually, source, subscription
+
+
+def replica(tmp_path: Path, n: int, url: str, raw: dict[str, Any]) -> Cli:
+    cli = Cli(tmp_path / f"replica-{n}")
+    cli.dir.mkdir()
+    cli.config = cli.dir / "hooks.yaml"
+    cli.env["FEEDHOOK_DB"] = url
+    cli.env["FEEDHOOK_LEASE"] = "3s"
+    cli.write_config(raw)
+    return cli
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def page_requests(feed: SimFeed, requests: list[str] | None = None) -> Counter[int]:
+    """How often each page of events was asked for (by its newer_than), the drained
+    tail's repeated polls left out."""
+    last = feed.events[-1].id
+    asked: Counter[int] = Counter()
+    for path in feed.requests if requests is None else requests:
+        if "newer_than=" in path:
+            cursor = int(path.split("newer_than=")[1].split("&")[0])
+            if cursor < last:
+                asked[cursor] += 1
+    return asked
+
+
+async def test_three_replicas_one_killed_lose_nothing(
+    tmp_path: Path,
+    postgres_url: str,
+    sequence_feed: SimFeed,
+    movida_feed: SimFeed,
+    receiver: Receiver,
+) -> None:
+    """Three replicas drain two sources to two subscriptions; the one polling a source is
+    killed with kill -9 in the middle. Every (event, subscription) pair arrives,
+    duplicates only for deliveries in flight on the killed replica; its source is taken
+    over from the stored cursor; no other page is asked for twice."""
+    sequence_feed.add_events(1500)
+    movida_feed.add_events(1000)
+    receiver.answer("all", 200, delay=0.01)
+    raw = {
+        "sources": {"seq": source(sequence_feed), "mov": source(movida_feed)},
+        "subscriptions": {
+            "all": subscription(receiver, "all", max_in_flight=10),
+            "jobs": subscription(receiver, "jobs", types=["sequence.job.*"], max_in_flight=5),
+        },
+    }
+    expected = {(f"seq:{e.id}", "all") for e in sequence_feed.events}
+    expected |= {(f"mov:{e.id}", "all") for e in movida_feed.events}
+    expected |= {
+        (f"seq:{e.id}", "jobs") for e in sequence_feed.events if e.event_type.startswith("job_")
+    }
+    replicas = [replica(tmp_path, n, postgres_url, raw) for n in range(3)]
+    procs = [await r.start("run") for r in replicas]
+    try:
+        db = await asyncpg.connect(postgres_url)
+        pollers: dict[str, str] = {}
+
+        async def spread() -> bool:
+            """The two sources are polled by two replicas, not both by the first (a
+            replica that started late gets its share handed over)."""
+            try:
+                pollers.update(dict(await db.fetch("SELECT name, poller FROM sources")))
+            except asyncpg.UndefinedTableError:
+                return False  # no replica has made the schema yet
+            replicas = {_parent(int(p.split(":")[1])) for p in pollers.values() if p}
+            return len(replicas) == 2
+
+        try:
+            await eventually(spread, timeout=20, what="the sources spread over two replicas")
+            mov_spread_at = len(movida_feed.requests)
+            await eventually(lambda: len(receiver.ok()) >= 600, timeout=60, what="600")
+            pollers.update(dict(await db.fetch("SELECT name, poller FROM sources")))
+            seq_child = int(pollers["seq"].split(":")[1])
+            victim = next(p for p in procs if p.pid == _parent(seq_child))
+            cursor_at_kill = {
+                name: int(c) for name, c in await db.fetch("SELECT name, cursor FROM sources")
+            }
+            victim.kill()
+            await victim.wait()
+            in_flight = {
+                (r["envelope_id"], r["subscription"])
+                for r in await db.fetch(
+                    "SELECT e.envelope_id, d.subscription FROM deliveries d JOIN events e"
+                    " ON e.id = d.event_id WHERE d.state = 'in_flight' AND d.owner LIKE $1",
+                    f"%:{victim.pid}:%",
+                )
+            }
+        finally:
+            await db.close()
+        assert len(receiver.ok()) < len(expected)
+
+        got = lambda: Counter((r.webhook_id, r.path) for r in receiver.ok())  # noqa: E731
+        await eventually(lambda: set(got()) >= expected, timeout=90, what="every pair")
+        db = await asyncpg.connect(postgres_url)
+        try:
+            taken_by = await db.fetchval("SELECT poller FROM sources WHERE name = 'seq'")
+        finally:
+            await db.close()
+        assert f":{seq_child}:" not in taken_by  # another replica polls it now
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 30)
+    counts = got()
+    assert set(counts) == expected
+    assert {pair for pair, n in counts.items() if n > 1} <= in_flight
+    # Pages asked for twice: only those the killed replica had read but not yet written;
+    # the source it did not poll, each page once.
+    seq_twice = {c for c, n in page_requests(sequence_feed).items() if n > 1}
+    assert all(c >= cursor_at_kill["seq"] for c in seq_twice), seq_twice
+    before = page_requests(movida_feed, movida_feed.requests[:mov_spread_at])
+    after = page_requests(movida_feed, movida_feed.requests[mov_spread_at:])
+    assert max(after.values(), default=1) == 1 and not set(before) & set(after)
+
+
+async def test_replicas_starting_together_make_one_schema(postgres_url: str) -> None:
+    """Two replicas opening an empty database at the same instant: one schema, no error."""
+    from feedhook.store.postgres import SCHEMA_VERSION, PostgresStore
+
+    stores = [PostgresStore(postgres_url) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        db = await asyncpg.connect(postgres_url)
+        try:
+            versions = [r["version"] for r in await db.fetch("SELECT version FROM feedhook_schema")]
+        finally:
+            await db.close()
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_database_restarted_under_a_replica_is_recovered_from(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    sequence_feed: SimFeed,
+    receiver: Receiver,
+) -> None:
+    """PostgreSQL restarts while a replica runs: it retries, readiness recovers, and every
+    event is delivered once."""
+    raw = {
+        "sources": {"seq": source(sequence_feed)},
+        "subscriptions": {"all": subscription(receiver, "all")},
+    }
+    cli = replica(tmp_path, 0, postgres_url, raw)
+    proc = await cli.start("run")
+    try:
+        sequence_feed.add_events(50)
+        await eventually(lambda: len(receiver.ok()) == 50, timeout=30, what="the first 50")
+        await asyncio.to_thread(postgres_server.restart)
+        sequence_feed.add_events(50)
+        await eventually(lambda: len(receiver.ok()) >= 100, timeout=60, what="the next 50")
+        await cli.until_idle()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    counts = Counter(r.webhook_id for r in receiver.ok())
+    assert len(counts) == 100 and max(counts.values()) == 1
