@@ -324,8 +324,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    cursor:     {s['cursor'] or '(none yet)'}")
         print(f"    last poll:  {_when(s['last_poll_at'])}")
         print(f"    last ok:    {_when(s['last_success_at'])}")
+        if "polled_by" in s:
+            print(f"    polled by:  {s['polled_by']}")
         if s["last_error"]:
             print(f"    last error: {s['last_error']} at {_when(s['last_error_at'])}")
+    if "replicas" in document:
+        print(f"replicas alive: {', '.join(document['replicas'])}")
     stored = document["storage"]
     print(
         f"stored: {stored['events']:,} events; database {_mb(stored['bytes'])}"

@@ -18,6 +18,12 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def _replica(owner: str) -> str:
+    """A worker's id as people name it: host and process (its start time left out)."""
+    host, _, rest = owner.partition(":")
+    return f"{host}:{rest.partition(':')[0]}"
+
+
 def status_document(
     status: Status,
     config: Config | None,
@@ -40,6 +46,8 @@ def status_document(
             "last_error": redact(state.last_error) if state and state.last_error else None,
             "last_error_at": _iso(state.last_error_at) if state else None,
         }
+        if state is not None and state.poller is not None:
+            entry["polled_by"] = _replica(state.poller)
         if health is not None and name in health and now is not None:
             entry["state"] = health[name].state(now)
         out["sources"][name] = entry
@@ -51,6 +59,8 @@ def status_document(
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
         }
+    if status.replicas:
+        out["replicas"] = {_replica(owner): _iso(seen) for owner, seen in status.replicas.items()}
     if storage is not None:
         out["storage"] = {
             "events": storage.events,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,10 @@ async def test_a_database_restarted_under_a_replica_is_recovered_from(
         sequence_feed.add_events(50)
         await eventually(lambda: len(receiver.ok()) >= 100, timeout=60, what="the next 50")
         await cli.until_idle()
+        code, out, err = await cli.run("status")
+        assert code == 0, err
+        assert f"replicas alive: {socket.gethostname()}:{proc.pid}" in out
+        assert "polled by:" in out and "delivered" in out
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)

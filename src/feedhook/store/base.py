@@ -102,6 +102,7 @@ class SourceState:
     last_success_at: float | None
     last_error: str | None
     last_error_at: float | None
+    poller: str | None = None  # who holds the source's lease now (several replicas)
 
 
 @dataclass(slots=True)
@@ -154,6 +155,8 @@ class Subject:
 class Status:
     sources: dict[str, SourceState] = field(default_factory=dict)
     subscriptions: dict[str, SubscriptionCounts] = field(default_factory=dict)
+    # The replicas alive (several on one database): each one's id, and when it was seen.
+    replicas: dict[str, float] = field(default_factory=dict)
 
 
 class Store(Protocol):

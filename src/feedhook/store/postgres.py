@@ -125,6 +125,10 @@ MIGRATIONS: tuple[str, ...] = (
         owner TEXT PRIMARY KEY,
         seen_at DOUBLE PRECISION NOT NULL
     );
+    CREATE TABLE replicas (
+        owner TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
+    );
     CREATE TABLE subjects (
         source TEXT NOT NULL,
         url TEXT NOT NULL,
@@ -576,6 +580,13 @@ class PostgresStore:
                 self.owner,
                 now + self.lease,
             )
+            # Renewing is being alive: `status` lists the replicas seen within a lease.
+            await conn.execute(
+                "INSERT INTO replicas (owner, seen_at) VALUES ($1, $2) ON CONFLICT (owner)"
+                " DO UPDATE SET seen_at = excluded.seen_at",
+                self.owner,
+                now,
+            )
             return int(status.split()[-1])
 
         return await self._run(renew)
@@ -683,15 +694,25 @@ class PostgresStore:
     # --- operations ------------------------------------------------------------------
 
     async def status(self) -> Status:
+        now = clock.now()
         rows = await self._run(
             lambda c: c.fetch(
                 "SELECT name, cursor, cursor_updated_at, last_poll_at, last_success_at,"
-                " last_error, last_error_at FROM sources ORDER BY name"
+                " last_error, last_error_at, CASE WHEN poller_until >= $1 THEN poller END"
+                " FROM sources ORDER BY name",
+                now,
+            )
+        )
+        replicas = await self._run(
+            lambda c: c.fetch(
+                "SELECT owner, seen_at FROM replicas WHERE seen_at >= $1 ORDER BY owner",
+                now - self.lease,
             )
         )
         return Status(
             sources={r["name"]: SourceState(*r) for r in rows},
             subscriptions=await self.counts(),
+            replicas={r["owner"]: r["seen_at"] for r in replicas},
         )
 
     async def counts(self) -> dict[str, SubscriptionCounts]:
@@ -852,6 +873,13 @@ class PostgresStore:
         ]
         if dead_letters_for is not None:
             steps.insert(0, ("dead_letters", dead_letters))
+        await self._run(
+            lambda c: c.execute(
+                "WITH a AS (DELETE FROM pollers WHERE seen_at < $1)"
+                " DELETE FROM replicas WHERE seen_at < $1",
+                now - 86_400.0,  # replicas gone for a day: their rows are history
+            )
+        )
         for field_name, step in steps:
             while True:
                 n = await self._run(step)
