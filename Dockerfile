@@ -8,7 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . \
+# The project itself with its PostgreSQL driver (the extra's bounds live in pyproject.toml).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin feedhook \
     && mkdir -p /data /etc/feedhook \
     && chown feedhook /data

@@ -112,3 +112,15 @@ async def test_container_command_line_runs(
     assert (tmp_path / "data" / "feedhook.db").exists()
     first = err.decode().splitlines()[0]
     assert json.loads(first)["level"] == "info"  # FEEDHOOK_LOG_FORMAT=json from the image
+
+
+def test_the_replicas_compose_file_runs_two_replicas_on_postgres() -> None:
+    """docker-compose.postgres.yaml: PostgreSQL, then two replicas pointed at it, the
+    password from the env file, the image built with the PostgreSQL driver."""
+    compose = yaml.safe_load((ROOT / "docker-compose.postgres.yaml").read_text())
+    feedhook = compose["services"]["feedhook"]
+    assert feedhook["deploy"]["replicas"] == 2
+    assert feedhook["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = feedhook["environment"]["FEEDHOOK_DB"]
+    assert url.startswith("postgresql://") and "${POSTGRES_PASSWORD}" in url
+    assert any(kind == "RUN" and '".[postgres]"' in value for kind, value in instructions())
