@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
-import shutil
 import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -33,6 +29,7 @@ from feedhook.envelope import Envelope, make_envelope
 from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
+from feedhook.sim.postgres import PostgresServer, postgres_bin
 from feedhook.sources.base import Page, Source
 from feedhook.sources.poller import PollReport
 from feedhook.store import IngestItem, SqliteStore
@@ -228,108 +225,14 @@ class LockProbe:
 # --- PostgreSQL ---------------------------------------------------------------------
 
 
-class PostgresServer:
-    """A throwaway PostgreSQL cluster of the tests' own: initdb and pg_ctl on a temporary
-    directory, a free loopback port, trust auth, no fsync. Run as the `postgres` user
-    when the tests run as root (initdb refuses root)."""
-
-    def __init__(self) -> None:
-        self.bin = _postgres_bin()
-        self.dir = Path(tempfile.mkdtemp(prefix="feedhook-pg-"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql://feedhook@127.0.0.1:{self.port}/postgres"
-        self._databases = 0
-
-    def _as_owner(self, *command: str) -> None:
-        args = [str(a) for a in command]
-        if os.geteuid() == 0:
-            args = ["runuser", "-u", "postgres", "--", *args]
-        subprocess.run(args, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self._as_owner(
-            self.bin / "initdb", "-D", self.data, "-U", "feedhook", "-A", "trust", "--no-sync"
-        )
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        self._as_owner(
-            self.bin / "pg_ctl",
-            "-D",
-            self.data,
-            "-o",
-            options,
-            "-l",
-            self.dir / "log",
-            "-w",
-            "start",
-        )
-
-    def restart(self) -> None:
-        """Stop (fast: every connection dropped) and start again on the same port."""
-        self._as_owner(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        self._as_owner(
-            self.bin / "pg_ctl",
-            "-D",
-            self.data,
-            "-o",
-            options,
-            "-l",
-            self.dir / "log",
-            "-w",
-            "start",
-        )
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError):
-            self._as_owner(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def new_database(self) -> str:
-        """The URL of a fresh, empty database."""
-        self._databases += 1
-        name = f"t{self._databases}_{os.getpid()}"
-        subprocess.run(
-            [
-                str(self.bin / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "feedhook",
-                name,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        return self.url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _postgres_bin() -> Path:
-    """Where initdb lives; skips (outside CI) or fails (in CI) when there is none."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True):
-        return candidate.parent
-    if os.environ.get("CI"):
-        pytest.fail("PostgreSQL is not installed: .ci/run installs the postgresql package")
-    pytest.skip("PostgreSQL is not installed (initdb not found): apt-get install postgresql")
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs the postgresql package")
+        pytest.skip("PostgreSQL is not installed (initdb not found): apt-get install postgresql")
+    server = PostgresServer(bin_dir)
     server.start()
     yield server
     server.stop()
