@@ -133,9 +133,17 @@ def free_port() -> int:
 class Bridge:
     """`feedhook run` as a subprocess over a temporary database."""
 
-    def __init__(self, workdir: Path, sources: dict[str, Any], subs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sources: dict[str, Any],
+        subs: dict[str, Any],
+        database: str | None = None,
+    ) -> None:
         self.dir = workdir
         self.db = workdir / "bench.db"
+        self.database = database or str(self.db)  # FEEDHOOK_DB: the file, or a URL
+        workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "hooks.yaml").write_text(
             yaml.safe_dump({"sources": sources, "subscriptions": subs})
         )
@@ -145,7 +153,7 @@ class Bridge:
         self.admin = f"http://127.0.0.1:{free_port()}"
         env = {
             **os.environ,
-            "FEEDHOOK_DB": str(self.db),
+            "FEEDHOOK_DB": self.database,
             "FEEDHOOK_CONFIG": str(self.dir / "hooks.yaml"),
             "FEEDHOOK_ADMIN_PORT": self.admin.rsplit(":", 1)[1],
             "FEEDHOOK_LOG_LEVEL": "WARNING",
@@ -453,6 +461,72 @@ async def scenario_enrich(sizes: dict[str, int], work: Path) -> Result:
     )
 
 
+async def drain_rate(work: Path, feed: Proc, rx: Proc, n: int, databases: list[str]) -> float:
+    """Deliveries/s, first to last receipt, of `feedhook run` replicas (one per entry of
+    `databases`, all on it) draining the feed's `n` events from the start."""
+    await rx.post("/_reset")
+    source = {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}}
+    subs = {"all": subscription(rx, "all", max_in_flight=64)}
+    bridges = [
+        Bridge(work / f"r{i}-{time.monotonic_ns()}", source, subs, db)
+        for i, db in enumerate(databases)
+    ]
+    for bridge in bridges:
+        await bridge.start()
+    try:
+        await until(lambda: received(rx, n), timeout=1800, every=0.2)
+    finally:
+        for bridge in bridges:
+            await bridge.stop()
+    got = await rx.stats()
+    return n / (got["last"] - got["first"])
+
+
+async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
+    """Delivery throughput with the store on PostgreSQL (a server on loopback with its
+    durable defaults) against SQLite, alternated in one run, three rounds; and with two
+    replicas on the same PostgreSQL database."""
+    from feedhook.sim.postgres import PostgresServer, postgres_bin
+
+    n, rounds = sizes["postgres"], 3
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise SystemExit("the postgres scenario needs PostgreSQL: apt-get install postgresql")
+    pg = PostgresServer(bin_dir, fast=False)
+    pg.start()
+    rates: dict[str, list[float]] = {"sqlite": [], "postgres": [], "two": []}
+    try:
+        async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+            for r in range(rounds):
+                rates["sqlite"].append(
+                    await drain_rate(work, feed, rx, n, [str(work / f"sqlite-{r}.db")])
+                )
+                rates["postgres"].append(await drain_rate(work, feed, rx, n, [pg.new_database()]))
+                shared = pg.new_database()
+                rates["two"].append(await drain_rate(work, feed, rx, n, [shared, shared]))
+    finally:
+        pg.stop()
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = median["postgres"] / median["sqlite"]
+    return Result(
+        "PostgreSQL store",
+        f"{n:,} events, 1 subscription, 64 in flight, one replica; {rounds} rounds alternated",
+        round(median["postgres"]),
+        "deliveries/s",
+        "SQLite, same run",
+        round(median["sqlite"]),
+        round(ratio, 2),
+        ">= 0.8 x SQLite",
+        ratio >= 0.8,
+        {
+            "postgres_range": [round(min(rates["postgres"])), round(max(rates["postgres"]))],
+            "sqlite_range": [round(min(rates["sqlite"])), round(max(rates["sqlite"]))],
+            "two_replicas_median": round(median["two"]),
+            "two_replicas_range": [round(min(rates["two"])), round(max(rates["two"]))],
+        },
+    )
+
+
 async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
     seconds = sizes["latency_seconds"]
     rate_each = "100"  # 200 events/s across the two feeds
@@ -640,6 +714,7 @@ SCENARIOS = {
     "fanout": scenario_fanout,
     "modulo": scenario_modulo,
     "enrich": scenario_enrich,
+    "postgres": scenario_postgres,
 }
 FULL = {
     "throughput": 50_000,
@@ -649,6 +724,7 @@ FULL = {
     "fanout": 10_000,
     "modulo": 100_000,
     "enrich": 20_000,
+    "postgres": 30_000,
 }
 QUICK = {
     "throughput": 5_000,
@@ -658,6 +734,7 @@ QUICK = {
     "fanout": 500,
     "modulo": 10_000,
     "enrich": 3_000,
+    "postgres": 5_000,
 }
 
 
