@@ -18,7 +18,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore, StoreError
 
-from conftest import Cli, eventually, one_feed
+from conftest import Cli, eventually, free_port, one_feed
 
 
 def _not_a_database(tmp: Path) -> tuple[str, str]:
@@ -201,15 +201,18 @@ async def test_feedhook_db_takes_a_sqlite_url(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://feedhook:pw@127.0.0.1:5432/feedhook", "names a PostgreSQL database"),
+        (
+            f"postgresql://feedhook:pw@127.0.0.1:{free_port()}/feedhook",
+            "cannot connect to PostgreSQL at postgresql://feedhook:***@127.0.0.1:",
+        ),
         ("redis://127.0.0.1/0", "unknown kind of store redis://"),
     ],
 )
 async def test_a_store_url_this_version_cannot_use_is_one_line(
     cli: Cli, url: str, message: str
 ) -> None:
-    """A URL for a kind of store this version does not have: exit 1, one line, and the
-    password in it never shown."""
+    """A URL for a kind of store this version does not have, or a PostgreSQL server
+    that does not answer: exit 1, one line, and the password in it never shown."""
     cli.env["FEEDHOOK_DB"] = url
     cli.write_config({"sources": {}})
     code, _, err = await cli.run("run", timeout=10)
