@@ -184,10 +184,14 @@ class Bridge:
 
     def ingested(self) -> int:
         """Events in the outbox, read from outside (max rowid: no scan)."""
-        if not self.db.exists():
+        return self.ingested_from(self.db)
+
+    @staticmethod
+    def ingested_from(path: Path) -> int:
+        if not path.exists():
             return 0
         try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1) as db:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
                 row = db.execute("SELECT max(id) FROM events").fetchone()
             return int(row[0] or 0)
         except sqlite3.Error:
@@ -461,9 +465,30 @@ async def scenario_enrich(sizes: dict[str, int], work: Path) -> Result:
     )
 
 
-async def drain_rate(work: Path, feed: Proc, rx: Proc, n: int, databases: list[str]) -> float:
+async def outbox_size(database: str) -> int:
+    """Events in the outbox of a SQLite file or a PostgreSQL database (max id: no scan)."""
+    if "://" not in database:
+        return Bridge.ingested_from(Path(database))
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(database)
+    except (OSError, asyncpg.PostgresError):
+        return 0
+    try:
+        return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
+    except asyncpg.UndefinedTableError:
+        return 0
+    finally:
+        await conn.close()
+
+
+async def drain_rate(
+    work: Path, feed: Proc, rx: Proc, n: int, databases: list[str]
+) -> tuple[float, float]:
     """Deliveries/s, first to last receipt, of `feedhook run` replicas (one per entry of
-    `databases`, all on it) draining the feed's `n` events from the start."""
+    `databases`, all on it) draining the feed's `n` events from the start; and events/s
+    into the outbox while it caught up."""
     await rx.post("/_reset")
     source = {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}}
     subs = {"all": subscription(rx, "all", max_in_flight=64)}
@@ -474,12 +499,21 @@ async def drain_rate(work: Path, feed: Proc, rx: Proc, n: int, databases: list[s
     for bridge in bridges:
         await bridge.start()
     try:
+        first = await until(lambda: outbox_size(databases[0]), timeout=120, every=0.01)
+        base = await outbox_size(databases[0])
+        caught_up = await until(
+            lambda: _at_least(outbox_size(databases[0]), n), timeout=600, every=0.02
+        )
         await until(lambda: received(rx, n), timeout=1800, every=0.2)
     finally:
         for bridge in bridges:
             await bridge.stop()
     got = await rx.stats()
-    return n / (got["last"] - got["first"])
+    return n / (got["last"] - got["first"]), (n - base) / max(caught_up - first, 1e-3)
+
+
+async def _at_least(size: Any, n: int) -> bool:
+    return int(await size) >= n
 
 
 async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
@@ -494,16 +528,21 @@ async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
         raise SystemExit("the postgres scenario needs PostgreSQL: apt-get install postgresql")
     pg = PostgresServer(bin_dir, fast=False)
     pg.start()
-    rates: dict[str, list[float]] = {"sqlite": [], "postgres": [], "two": []}
+    rates: dict[str, list[float]] = {k: [] for k in ("sqlite", "postgres", "two")}
+    catchup: dict[str, list[float]] = {k: [] for k in ("sqlite", "postgres", "two")}
     try:
         async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
             for r in range(rounds):
-                rates["sqlite"].append(
-                    await drain_rate(work, feed, rx, n, [str(work / f"sqlite-{r}.db")])
-                )
-                rates["postgres"].append(await drain_rate(work, feed, rx, n, [pg.new_database()]))
                 shared = pg.new_database()
-                rates["two"].append(await drain_rate(work, feed, rx, n, [shared, shared]))
+                runs = {
+                    "sqlite": [str(work / f"sqlite-{r}.db")],
+                    "postgres": [pg.new_database()],
+                    "two": [shared, shared],
+                }
+                for kind, databases in runs.items():
+                    rate, caught = await drain_rate(work, feed, rx, n, databases)
+                    rates[kind].append(rate)
+                    catchup[kind].append(caught)
     finally:
         pg.stop()
     median = {k: statistics.median(v) for k, v in rates.items()}
@@ -523,6 +562,8 @@ async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
             "sqlite_range": [round(min(rates["sqlite"])), round(max(rates["sqlite"]))],
             "two_replicas_median": round(median["two"]),
             "two_replicas_range": [round(min(rates["two"])), round(max(rates["two"]))],
+            "catchup_events_per_s_postgres": round(statistics.median(catchup["postgres"])),
+            "catchup_events_per_s_sqlite": round(statistics.median(catchup["sqlite"])),
         },
     )
 

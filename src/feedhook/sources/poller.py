@@ -156,10 +156,9 @@ class Poller:
         return await enricher.enrich(envelopes, self.store)
 
     async def _read(self, cursor: str, pages: asyncio.Queue[tuple[Page, float]]) -> None:
-        """Fetch page after page; once the feed is drained, wait for the next poll."""
+        """Fetch page after page; once the feed is drained, wait for the next poll. (The
+        source's lease is kept beside it, by `_keep_source`, not asked for per page.)"""
         while True:
-            if await self._hold_source():  # another poller had it: go on from its cursor
-                cursor = await self.store.get_cursor(self.source.name) or cursor
             began = time.monotonic()
             page = await self._fetch(cursor)
             await pages.put((page, began))
@@ -175,9 +174,8 @@ class Poller:
             if not await self.store.lease_source(self.source.name, clock.now()):
                 raise SourceLost(f"source {self.source.name} was taken over")
 
-    async def _hold_source(self) -> bool:
-        """Wait until the store grants this poller the source (one poller per source);
-        True if it had to wait (another poller held it meanwhile)."""
+    async def _hold_source(self) -> None:
+        """Wait until the store grants this poller the source (one poller per source)."""
         name, waited = self.source.name, False
         while not await self.store.lease_source(name, clock.now()):
             if not waited:
@@ -188,7 +186,6 @@ class Poller:
                 )
                 waited = True
             await asyncio.sleep(min(1.0, self.store.lease / 3))
-        return waited
 
     def _until_next_poll(self) -> float:
         """Polls keep a steady cadence, one every poll_interval at `phase` seconds into
