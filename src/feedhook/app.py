@@ -252,8 +252,8 @@ class Worker:
         if (locked := self.store.locked_since) is not None:
             return False, {
                 "ready": False,
-                "reason": f"the database has been locked by another program for"
-                f" {now - locked:.0f}s; feedhook is waiting for it",
+                "reason": f"the database has kept feedhook waiting for {now - locked:.0f}s"
+                f" ({self.store.waiting_for}); feedhook is waiting for it",
             }
         sources = {n: h.to_json(now, detail=False) for n, h in sorted(self.health.items())}
         failing = [name for name, s in sources.items() if s["state"] == "failing"]

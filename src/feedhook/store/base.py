@@ -176,9 +176,13 @@ class Store(Protocol):
 
     @property
     def locked_since(self) -> float | None:
-        """Since when (clock time) a statement has been waiting for another program's
-        lock on the database, if one is: readiness shows it."""
+        """Since when (clock time) a statement has been waiting on the database, if one
+        is: readiness shows it, with `waiting_for`."""
         ...
+
+    # Why statements wait, in words: SQLite, another program's lock; PostgreSQL, the
+    # server not answering.
+    waiting_for: str
 
     def check_identity(self) -> None:
         """Raise StoreError if the database this store opened is no longer the one at

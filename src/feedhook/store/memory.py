@@ -104,6 +104,7 @@ class MemoryStore:
         self.owner = new_owner()
         self.lease = lease
         self.settle = 0.0  # one worker polls every source: nothing to share out
+        self.waiting_for = "never, in memory"
         self.locked_since: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------

@@ -174,6 +174,7 @@ class PostgresStore:
         # Replicas started together first see each other, then share out the sources
         # (rather than the first taking all and handing most over again).
         self.settle = 1.5
+        self.waiting_for = "the server does not answer; retrying"
         self.locked_since: float | None = None  # here: since when the database is unreachable
         self._pool: Any = None
         self._listener: Any = None

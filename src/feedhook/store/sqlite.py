@@ -300,6 +300,7 @@ class SqliteStore:
         self.owner = new_owner()
         self.lease = lease
         self.settle = 0.0  # one worker polls every source: nothing to share out
+        self.waiting_for = "locked by another program"
         self.verify = verify  # quick_check the file at open (feedhook run)
         self._db: _Connection | None = None
         self._lock = asyncio.Lock()

@@ -1,0 +1,46 @@
+"""What only the PostgreSQL store does (a real server): its driver, its schema guard,
+and wake-ups that cross replicas. The shared contract is in test_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from feedhook.store import StoreError, open_store
+from feedhook.store import postgres as postgres_store
+from feedhook.store.postgres import SCHEMA_VERSION, PostgresStore
+
+from conftest import eventually, ingest_item
+
+
+def test_without_the_driver_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_store, "asyncpg", None)
+    with pytest.raises(StoreError, match=r"pip install 'feedhook\[postgres\]'"):
+        open_store("postgresql://feedhook@127.0.0.1/feedhook")
+
+
+async def test_a_replica_older_than_the_schema_refuses_to_start(postgres_url: str) -> None:
+    async with PostgresStore(postgres_url):
+        pass
+    db = await asyncpg.connect(postgres_url)
+    try:
+        await db.execute("INSERT INTO feedhook_schema (version) VALUES ($1)", SCHEMA_VERSION + 1)
+    finally:
+        await db.close()
+    with pytest.raises(StoreError, match="newer than this feedhook understands"):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_an_ingest_on_one_replica_wakes_the_others(postgres_url: str) -> None:
+    """LISTEN/NOTIFY: work written through one store wakes every other store's
+    dispatchers at once, and its own once (not again through its own notification)."""
+    async with PostgresStore(postgres_url) as one, PostgresStore(postgres_url) as other:
+        woken = {"one": 0, "other": 0}
+        one.on_work(lambda: woken.__setitem__("one", woken["one"] + 1))
+        other.on_work(lambda: woken.__setitem__("other", woken["other"] + 1))
+        await one.ingest("seq", [ingest_item(1)], "1")
+        await eventually(lambda: woken["other"] == 1, timeout=5, what="the other replica")
+        await asyncio.sleep(0.2)
+        assert woken == {"one": 1, "other": 1}
