@@ -179,6 +179,7 @@ class PostgresStore:
         self._pool: Any = None
         self._listener: Any = None
         self._wakes: list[Callable[[], None]] = []
+        self._held: set[int] = set()  # the claims handed out and not yet finished
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -581,10 +582,14 @@ class PostgresStore:
 
     async def renew(self, now: float) -> int:
         async def renew(conn: Any) -> int:
+            # Only the claims this replica handed out: a claim whose answer was lost with
+            # its connection (committed, then retried) is left to expire and be recovered.
             status = await conn.execute(
-                "UPDATE deliveries SET lease_until = $2 WHERE state = 'in_flight' AND owner = $1",
+                "UPDATE deliveries SET lease_until = $2 WHERE state = 'in_flight'"
+                " AND owner = $1 AND id = ANY($3::bigint[])",
                 self.owner,
                 now + self.lease,
+                list(self._held),
             )
             await conn.execute(
                 "UPDATE sources SET poller_until = $2 WHERE poller = $1",
@@ -631,9 +636,12 @@ class PostgresStore:
                 now + self.lease,
             )
         )
-        return [Delivery(*r) for r in rows]
+        claimed = [Delivery(*r) for r in rows]
+        self._held.update(d.id for d in claimed)
+        return claimed
 
     async def release(self, ids: Sequence[int]) -> None:
+        self._held.difference_update(ids)
         await self._run(
             lambda c: c.execute(
                 "UPDATE deliveries SET state = 'pending', owner = NULL, lease_until = NULL"
@@ -659,6 +667,7 @@ class PostgresStore:
         dead ones get their dead letter in the same statement."""
         if not outcomes:
             return
+        self._held.difference_update(o.delivery_id for o in outcomes)
         await self._run(
             lambda c: c.execute(
                 "WITH o AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[],"

@@ -4,6 +4,7 @@ and wake-ups that cross replicas. The shared contract is in test_contract.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
@@ -44,3 +45,27 @@ async def test_an_ingest_on_one_replica_wakes_the_others(postgres_url: str) -> N
         await eventually(lambda: woken["other"] == 1, timeout=5, what="the other replica")
         await asyncio.sleep(0.2)
         assert woken == {"one": 1, "other": 1}
+
+
+async def test_a_claim_whose_answer_was_lost_is_not_kept_forever(postgres_url: str) -> None:
+    """A claim committed but never seen by this replica (its answer lost with the
+    connection, the call retried) is not renewed with the ones it holds: it expires and
+    any replica sends it again."""
+    async with PostgresStore(postgres_url, lease=30.0) as store:
+        await store.ingest("seq", [ingest_item(1), ingest_item(2)], "2")
+        now = time.time()
+        (held,) = await store.claim({"a": 1}, now=now)
+        db = await asyncpg.connect(postgres_url)
+        try:  # the lost answer: claimed in the database under this owner, never returned
+            await db.execute(
+                "UPDATE deliveries SET state = 'in_flight', owner = $1, lease_until = $2"
+                " WHERE state = 'pending'",
+                store.owner,
+                now + 30,
+            )
+        finally:
+            await db.close()
+        assert await store.renew(now + 20) == 1  # the one it holds, to now + 50
+        assert await store.recover_in_flight(now + 40) == 1  # the lost one: due again
+        (again,) = await store.claim({"a": 5}, now=now + 41)
+        assert again.id != held.id
