@@ -194,8 +194,11 @@ def ingest_item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
 
 class LockProbe:
     """A writer beside the code under test, as ingest and delivery are: a small write
-    transaction every 2 ms on the database, each one's wait for the write lock kept (the
-    wait alone: its own commit, which may run a WAL checkpoint, is not the lock's)."""
+    transaction every 2 ms on the database, each one's wait for the write lock kept. It
+    asks for the lock every millisecond rather than through SQLite's busy handler, whose
+    sleeps grow to 100 ms and can miss short gaps, so a wait measures how long the code
+    under test held the lock; its own commit (which may run a WAL checkpoint) is not
+    counted."""
 
     def __init__(self, db: Path) -> None:
         self.db = db
@@ -212,10 +215,17 @@ class LockProbe:
         self._thread.join()
 
     def _write(self) -> None:
-        db = sqlite3.connect(self.db, isolation_level=None, timeout=30)
+        db = sqlite3.connect(self.db, isolation_level=None, timeout=0)
         while not self._done.is_set():
             started = time.monotonic()
-            db.execute("BEGIN IMMEDIATE")
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    time.sleep(0.001)
             self.waits.append(time.monotonic() - started)
             db.execute("INSERT INTO sources (name) VALUES ('probe') ON CONFLICT DO NOTHING")
             db.execute("COMMIT")

@@ -262,11 +262,15 @@ class Worker:
     async def status(self) -> dict[str, Any]:
         """What `feedhook status --json` prints, with each source's live state."""
         status, storage = await self.store.status(), await self.store.storage()
-        return status_document(status, self.config, self.health, clock.now(), storage)
+        now = clock.now()
+        states = self.dispatcher.states(now) if self.dispatcher is not None else None
+        return status_document(status, self.config, self.health, now, storage, states)
 
     async def metrics_text(self) -> bytes:
         """The Prometheus exposition, its gauges read now."""
-        self.metrics.observe(await self.store.counts(), self.health, clock.now())
+        now = clock.now()
+        states = self.dispatcher.states(now) if self.dispatcher is not None else {}
+        self.metrics.observe(await self.store.counts(), self.health, now, states)
         return self.metrics.render()
 
     async def dead_letters(

@@ -238,7 +238,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         signing = "signed" if sub.secret else "UNSIGNED (no secret)"
         if sub.previous_secrets:
             signing += f", plus {len(sub.previous_secrets)} previous secret(s)"
-        print(f"    {signing}; timeout {sub.timeout:g}s; max_in_flight {sub.max_in_flight}")
+        print(f"    {signing}; timeout {sub.timeout:g}s")
+        print(f"    limits:  {sub.limits()}")
     if not config.subscriptions:
         print("  (none: events will be stored but sent nowhere)")
     retention = config.retention

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -10,6 +11,10 @@ from feedhook import __version__
 from feedhook.health import SourceHealth
 from feedhook.store.base import SubscriptionCounts
 
+if TYPE_CHECKING:  # the delivery package loads aiohttp: read-only commands never need it
+    from feedhook.delivery.guard import GuardState
+
+SUBSCRIPTION_STATES = ("active", "paused", "circuit_open")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -115,6 +120,12 @@ class Metrics:
             ["subscription"],
             registry=registry,
         )
+        self.subscription_state = Gauge(
+            "feedhook_subscription_state",
+            "1 for the state each subscription is in: active, paused (Retry-After), circuit_open",
+            ["subscription", "state"],
+            registry=registry,
+        )
         self.dead_letters = Gauge(
             "feedhook_dead_letters",
             "Deliveries in the dead-letter table",
@@ -127,12 +138,16 @@ class Metrics:
         counts: Mapping[str, SubscriptionCounts],
         health: Mapping[str, SourceHealth],
         now: float,
+        states: Mapping[str, GuardState] | None = None,
     ) -> None:
         """Set the gauges that are read, not counted: queue sizes from the store's kept
         counts (never a scan), and each source's lag and time since its last success."""
         for name, c in counts.items():
             self.pending.labels(name).set(c.pending)
             self.dead_letters.labels(name).set(c.dead_letter)
+        for name, guard in (states or {}).items():
+            for state in SUBSCRIPTION_STATES:
+                self.subscription_state.labels(name, state).set(int(guard.state == state))
         for name, h in health.items():
             if h.last_success_at is not None:
                 self.since_success.labels(name).set(now - h.last_success_at)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedhook.config import Config
 from feedhook.health import SourceHealth
 from feedhook.logs import redact
 from feedhook.store.base import DeadLetter, Status, Storage
+
+if TYPE_CHECKING:  # the delivery package loads aiohttp: read-only commands never need it
+    from feedhook.delivery.guard import GuardState
 
 
 def _iso(ts: float | None) -> str | None:
@@ -30,6 +33,7 @@ def status_document(
     health: Mapping[str, SourceHealth] | None = None,
     now: float | None = None,
     storage: Storage | None = None,
+    states: Mapping[str, GuardState] | None = None,
 ) -> dict[str, Any]:
     """Per source: cursor, last poll, last error (and live state when running);
     per subscription: pending, delivered, dead letters."""
@@ -59,6 +63,14 @@ def status_document(
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
         }
+        if states is not None and name in states:
+            guard = states[name]
+            out["subscriptions"][name]["state"] = {
+                "state": guard.state,
+                "reason": guard.reason,
+                "since": _iso(guard.since),
+                "until": _iso(guard.until),
+            }
     if status.replicas:
         out["replicas"] = {_replica(owner): _iso(seen) for owner, seen in status.replicas.items()}
     if storage is not None:

@@ -256,6 +256,14 @@ class RetryConfig(_Model):
     max_age: Duration | None = None
 
 
+class CircuitBreakerConfig(_Model):
+    """After `failures` consecutive retryable failures nothing is sent to the receiver
+    but one probe every `cooldown` (doubled after each failed probe, up to 10m)."""
+
+    failures: int = Field(default=10, ge=0)  # 0: no circuit breaker
+    cooldown: Duration = Field(default=30.0, gt=0)
+
+
 def _whsec(value: SecretStr) -> SecretStr:
     raw = value.get_secret_value()
     if not raw.startswith("whsec_"):
@@ -280,6 +288,21 @@ class SubscriptionConfig(_Model):
     timeout: Duration = 15.0
     max_in_flight: int = Field(default=10, ge=1, le=1000)
     retry: RetryConfig = RetryConfig()
+    # At most this many deliveries started in any window (none: no limit).
+    rate_limit: Rate | None = None
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+    def limits(self) -> str:
+        """For `feedhook check`: how this receiver is spared."""
+        rate = f"rate limit {self.rate_limit}" if self.rate_limit else "no rate limit"
+        breaker = self.circuit_breaker
+        circuit = (
+            f"circuit opens after {breaker.failures} failures in a row, probe every"
+            f" {breaker.cooldown:g}s"
+            if breaker.failures
+            else "no circuit breaker"
+        )
+        return f"{self.max_in_flight} in flight; {rate}; {circuit}"
 
     @field_validator("types")
     @classmethod

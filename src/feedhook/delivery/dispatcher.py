@@ -13,6 +13,7 @@ from typing import Any
 
 from feedhook import clock
 from feedhook.config import SubscriptionConfig
+from feedhook.delivery.guard import Guard, GuardState
 from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
@@ -47,6 +48,9 @@ class Lane:
     # short, set again by ingest, replays and the retry clock.
     maybe_due: bool = True
     meters: dict[str, Any] = field(default_factory=dict)
+    guard: Guard | None = None
+    # Its circuit opened or closed: bring its failed deliveries back into line.
+    resume_pending: bool = False
 
     @property
     def cap(self) -> int:
@@ -85,6 +89,14 @@ class Lane:
         self.config = config
         self.signer = Signer(secrets)
         self.policy = RetryPolicy(config.retry.schedule, config.retry.max_age)
+        if self.guard is None:
+            self.guard = Guard(config)
+        else:
+            self.guard.reconfigure(config)
+
+    def may_start(self, now: float) -> bool:
+        assert self.guard is not None
+        return self.room > 0 and self.guard.blocked_until(now) is None
 
 
 class Dispatcher:
@@ -174,6 +186,11 @@ class Dispatcher:
             wants: dict[str, int] = {}
             for lane in self.lanes.values():
                 idle = not (lane.in_flight or lane.ready)
+                if lane.guard is not None and lane.guard.open_since is not None:
+                    # Circuit open: only the probe, the oldest due, once it is time.
+                    if lane.maybe_due and idle and lane.guard.blocked_until(now) is None:
+                        wants[lane.name] = 1
+                    continue
                 if lane.maybe_due and (idle or lane.low) and (wanted := lane.wanted) > 0:
                     wants[lane.name] = wanted
             if wants:
@@ -187,6 +204,13 @@ class Dispatcher:
             timeout = IDLE_POLL
             if self._next_retry is not None:
                 timeout = min(IDLE_POLL, max(self._next_retry - clock.now(), 0.001))
+            now = clock.now()
+            for lane in self.lanes.values():  # a guard that holds a lane back lets go
+                guard = lane.guard
+                if guard is not None and (lane.ready or guard.open_since is not None):
+                    until = guard.blocked_until(now)
+                    if until is not None:
+                        timeout = min(timeout, max(until - now, 0.001))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -217,13 +241,15 @@ class Dispatcher:
         would hold back the first send, the next claim and the pollers' reports."""
         started = 0
         for lane in list(self.lanes.values()):
-            while lane.ready and lane.room > 0 and not self._stopping:
+            while lane.ready and not self._stopping and lane.may_start(clock.now()):
                 self._start(lane, lane.ready.popleft())
                 started += 1
                 if started % START_BATCH == 0:
                     await asyncio.sleep(0)
 
     def _start(self, lane: Lane, delivery: Delivery) -> None:
+        assert lane.guard is not None
+        lane.guard.started(clock.now())
         lane.in_flight += 1
         task = asyncio.create_task(self._deliver(lane, delivery), name=f"deliver:{delivery.id}")
         self._sending.add(task)
@@ -248,13 +274,22 @@ class Dispatcher:
             now = clock.now()
             attempts = delivery.attempts + 1
             decision = lane.policy.decide(result, attempts, delivery.created_at, now)
+            assert lane.guard is not None
+            change = lane.guard.answered(result, now)
+            retry_at = decision.retry_at
+            if result.retryable and lane.guard.open_since is not None:
+                # The receiver is down, not this delivery: the attempt (a probe, or one
+                # in flight as the circuit opened) is not counted against it, and it
+                # keeps its place in line instead of waiting out a long step.
+                decision = Decision("retry", delivery.created_at, decision.reason)
+                attempts, retry_at = delivery.attempts, delivery.created_at
             self._outcomes.put_nowait(
                 Outcome(
                     delivery_id=delivery.id,
                     kind=decision.kind,
                     attempts=attempts,
                     at=now,
-                    next_attempt_at=decision.retry_at,
+                    next_attempt_at=retry_at,
                     status_code=result.status,
                     reason=decision.reason,
                     response_body=result.body if decision.kind == "dead" else None,
@@ -269,12 +304,48 @@ class Dispatcher:
                     log.debug("delivered %s to %s", delivery.envelope_id, lane.name)
             else:
                 self._failed(lane, delivery, result, decision, attempts, now)
+            if change is not None:
+                await self._circuit(lane, change, now)
         finally:
             lane.in_flight -= 1
-            if lane.ready and not self._stopping:
+            if lane.ready and not self._stopping and lane.may_start(clock.now()):
                 self._start(lane, lane.ready.popleft())  # the next one at once, no loop trip
-            if lane.low:
-                self._wake.set()  # refill before the lane runs dry
+            if lane.low or lane.ready:
+                self._wake.set()  # refill before the lane runs dry; or wait out its guard
+
+    async def _circuit(self, lane: Lane, change: str, now: float) -> None:
+        """The receiver's circuit opened or closed. Either way its failed deliveries are
+        brought back into line (`resume`, once their outcomes are written), so that
+        everything goes out in ingest order when it answers again, not on the long
+        steps of the retry schedule."""
+        assert lane.guard is not None
+        lane.resume_pending = True
+        if change == "opened":
+            log.warning(
+                "deliveries to %s failed %d times in a row; the circuit is open: one probe"
+                " every %gs until one succeeds (no attempts are used meanwhile)",
+                lane.name,
+                lane.guard.failures,
+                lane.guard.cooldown,
+                extra={"subscription": lane.name},
+            )
+            # Claimed ones go back, so the next claim takes the oldest first.
+            held = [d.id for d in lane.ready]
+            lane.ready.clear()
+            if held:
+                await self.store.release(held)
+        else:
+            log.info(
+                "%s answers again; the circuit is closed",
+                lane.name,
+                extra={"subscription": lane.name},
+            )
+        lane.maybe_due = True
+        self._wake.set()
+
+    def states(self, now: float) -> dict[str, GuardState]:
+        """Each subscription's state now: active, paused or circuit_open."""
+        return {name: lane.guard.state(now) for name, lane in self.lanes.items() if lane.guard}
 
     def _failed(
         self,
@@ -359,3 +430,10 @@ class Dispatcher:
                     batch.append(item)
             if batch:
                 await self.store.complete(batch)
+            if self._outcomes.empty():  # every outcome so far written: resume after them
+                for lane in list(self.lanes.values()):
+                    if lane.resume_pending:
+                        lane.resume_pending = False
+                        await self.store.resume(lane.name, clock.now())
+                        lane.maybe_due = True
+                        self._wake.set()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
+from feedhook.budget import Budget
 from feedhook.config import RateLimit, SourceSettings, redact_url
 from feedhook.retry_after import parse_retry_after
 from feedhook.sources.base import FeedError
@@ -36,23 +36,21 @@ class HttpStatusError(FeedError):
 
 
 class RequestBudget:
-    """At most `requests` requests in any sliding window of `per` seconds."""
+    """A feed's requests wait for its `Budget`, one at a time."""
 
     def __init__(self, limit: RateLimit) -> None:
         self.limit = limit
-        self._sent: deque[float] = deque()
+        self._budget = Budget(limit)
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
-                while self._sent and now - self._sent[0] >= self.limit.per:
-                    self._sent.popleft()
-                if len(self._sent) < self.limit.requests:
-                    self._sent.append(now)
+                wait = self._budget.wait(time.monotonic())
+                if wait <= 0:
+                    self._budget.take(time.monotonic())
                     return
-                await asyncio.sleep(self._sent[0] + self.limit.per - now)
+                await asyncio.sleep(wait)
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,6 +285,16 @@ class MemoryStore:
             if d.id in wanted:
                 d.state, d.owner = "pending", None
 
+    async def resume(self, subscription: str, now: float) -> int:
+        later = [
+            d
+            for d in self.database.deliveries.values()
+            if d.subscription == subscription and d.state == "pending" and d.next_attempt_at > now
+        ]
+        for d in later:
+            d.next_attempt_at = d.created_at
+        return len(later)
+
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         names = set(subscriptions)
         times = [

@@ -651,6 +651,20 @@ class PostgresStore:
             )
         )
 
+    async def resume(self, subscription: str, now: float) -> int:
+        status = await self._run(
+            lambda c: c.execute(
+                "UPDATE deliveries SET next_attempt_at = created_at WHERE subscription = $1"
+                " AND state = 'pending' AND next_attempt_at > $2",
+                subscription,
+                now,
+            )
+        )
+        resumed = int(status.split()[-1])
+        if resumed:
+            await self._notify()
+        return resumed
+
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         value = await self._run(
             lambda c: c.fetchval(

@@ -704,6 +704,16 @@ class SqliteStore:
                 (self.owner, _json(list(ids))),
             )
 
+    async def resume(self, subscription: str, now: float) -> int:
+        """See Store.resume: one short statement."""
+        async with self._lock:
+            cursor = await self.db.execute(
+                "UPDATE deliveries SET next_attempt_at = created_at WHERE subscription = ?"
+                " AND state = 'pending' AND next_attempt_at > ?",
+                (subscription, now),
+            )
+        return int(cursor.rowcount)
+
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         """The earliest pending attempt among these lanes: one statement, one index probe
         per lane."""
