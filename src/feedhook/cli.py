@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser("send-test", help="send one signed test event to a subscription")
     )
     send_test.add_argument("subscription")
+
+    keys = commands.add_parser("keys", help="ed25519 keys for v1a signatures")
+    keys.add_subparsers(dest="keys_command", required=True).add_parser(
+        "generate", help="print a new whsk_ signing key and its whpk_ public key"
+    )
     return parser
 
 
@@ -139,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "healthcheck": cmd_healthcheck,
         "prune": cmd_prune,
         "send-test": cmd_send_test,
+        "keys": cmd_keys,
     }
     try:
         return handlers[args.command](args, settings)
@@ -235,7 +241,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"    filter:  {sub.filter}")
             for warning in _filter_warnings(name, sub, config):
                 print(f"    warning: {warning}")
-        signing = "signed" if sub.secret else "UNSIGNED (no secret)"
+        schemes = [name for name, key in (("v1", sub.secret), ("v1a", sub.signing_key)) if key]
+        signing = f"signed ({', '.join(schemes)})" if schemes else "UNSIGNED (no secret)"
         if sub.previous_secrets:
             signing += f", plus {len(sub.previous_secrets)} previous secret(s)"
         print(f"    {signing}; timeout {sub.timeout:g}s")
@@ -524,6 +531,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if "FEEDHOOK_LOG_LEVEL" not in os.environ:
         logs.setup("WARNING", settings.log_format)  # the demo's own lines tell the story
     return asyncio.run(run_demo(args.events, args.duration))
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.delivery.signing import new_key_pair
+
+    secret, public = new_key_pair()
+    print(f"signing key (the subscription's signing_key; keep it secret): {secret}")
+    print(f"public key (give it to the receiver; it verifies v1a signatures): {public}")
+    return EXIT_OK
 
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:

@@ -31,6 +31,7 @@ from feedhook.config.values import (
     Rate,
     RateLimit,
     duration_or_forever,
+    ed25519_key_bytes,
 )
 from feedhook.logs import redact_url, url_secrets
 
@@ -288,6 +289,8 @@ class SubscriptionConfig(_Model):
     timeout: Duration = 15.0
     max_in_flight: int = Field(default=10, ge=1, le=1000)
     retry: RetryConfig = RetryConfig()
+    # ed25519 (`whsk_...`): Standard Webhooks v1a signatures, beside or instead of `secret`.
+    signing_key: SecretStr | None = None
     # At most this many deliveries started in any window (none: no limit).
     rate_limit: Rate | None = None
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
@@ -315,6 +318,13 @@ class SubscriptionConfig(_Model):
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _whsec(value)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            ed25519_key_bytes(value.get_secret_value())
+        return value
 
     @field_validator("previous_secrets")
     @classmethod
@@ -396,8 +406,9 @@ class Config(_Model):
         def walk(value: object) -> None:
             if isinstance(value, SecretStr):
                 found.add(value.get_secret_value())
-                if value.get_secret_value().startswith("whsec_"):
-                    found.add(value.get_secret_value().removeprefix("whsec_"))
+                for prefix in ("whsec_", "whsk_"):
+                    if value.get_secret_value().startswith(prefix):
+                        found.add(value.get_secret_value().removeprefix(prefix))
             elif isinstance(value, BaseModel):
                 for name in type(value).model_fields:
                     walk(getattr(value, name))

@@ -3,6 +3,8 @@ defaults built from them. Each parses what a person writes and says what it expe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from typing import Annotated
@@ -114,3 +116,20 @@ def duration_or_forever(value: object) -> float | None:
         return parse_duration(value)
     except ValueError:
         raise ValueError(f"expected a duration like 30d, or forever; got {value!r}") from None
+
+
+def ed25519_key_bytes(key: str) -> bytes:
+    """The 32-byte ed25519 seed inside a `whsk_<base64>` signing key (the seed alone, or
+    seed and public key, 64 bytes, as some libraries write it). ValueError otherwise."""
+    if not key.startswith("whsk_"):
+        raise ValueError(
+            "expected a Standard Webhooks signing key starting with 'whsk_'"
+            " (feedhook keys generate makes one)"
+        )
+    try:
+        raw = base64.b64decode(key.removeprefix("whsk_"), validate=True)
+    except binascii.Error:
+        raise ValueError("the part after 'whsk_' is not valid base64") from None
+    if len(raw) not in (32, 64):
+        raise ValueError(f"an ed25519 key is 32 (or 64) bytes, this one is {len(raw)}")
+    return raw[:32]

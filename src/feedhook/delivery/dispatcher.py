@@ -87,7 +87,8 @@ class Lane:
         """A reloaded config: new url, secrets, limits; in-flight attempts keep counting."""
         secrets = [s.get_secret_value() for s in (config.secret, *config.previous_secrets) if s]
         self.config = config
-        self.signer = Signer(secrets)
+        keys = [config.signing_key.get_secret_value()] if config.signing_key else []
+        self.signer = Signer(secrets, keys)
         self.policy = RetryPolicy(config.retry.schedule, config.retry.max_age)
         if self.guard is None:
             self.guard = Guard(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 
@@ -89,3 +90,36 @@ def test_rotation_signs_with_both_secrets() -> None:
         Webhook(secret).verify(b"{}", headers)
     with pytest.raises(WebhookVerificationError):
         Webhook("whsec_" + "c29tZW9uZS1lbHNlcy1zZWNyZXQtMjRieXRlcw==").verify(b"{}", headers)
+
+
+def test_v1a_signatures_verify_with_the_public_key_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`feedhook keys generate` prints a pair; a subscription's signing_key signs v1a
+    beside v1; the receiver verifies with the whpk_ key alone, as the spec says: ed25519
+    over "id.timestamp.body", base64 (verified with `cryptography` directly)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from feedhook.cli import main
+
+    assert main(["keys", "generate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    signing = lines[0].rsplit(" ", 1)[1]
+    public = lines[1].rsplit(" ", 1)[1]
+    assert signing.startswith("whsk_") and public.startswith("whpk_")
+    hmac_secret = "whsec_" + base64.b64encode(b"x" * 24).decode()
+    header = Signer([hmac_secret], [signing]).sign("seq:1", 1700000000, b'{"a":1}')
+    v1, v1a = header.split(" ")
+    assert v1.startswith("v1,") and v1a.startswith("v1a,")
+    verifier = Ed25519PublicKey.from_public_bytes(base64.b64decode(public.removeprefix("whpk_")))
+    verifier.verify(base64.b64decode(v1a.removeprefix("v1a,")), b'seq:1.1700000000.{"a":1}')
+    only = Signer([], [signing]).sign("seq:1", 1700000000, b"{}")
+    assert only.startswith("v1a,") and " " not in only
+
+
+def test_a_signing_key_that_is_not_one_is_a_config_error() -> None:
+    from feedhook.config import ConfigError, parse_config
+
+    raw = {"url": "https://r/x", "types": ["*"], "signing_key": "whsk_c2hvcnQ="}
+    with pytest.raises(ConfigError, match="ed25519 key is 32"):
+        parse_config({"sources": {}, "subscriptions": {"x": raw}}, "t", env={})
