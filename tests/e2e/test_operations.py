@@ -421,9 +421,11 @@ async def test_credentials_echoed_back_by_upstreams_and_receivers_never_show(
 
         async def errors_stored() -> bool:
             try:
-                _, body = await get(f"{cli.admin}/api/status", token)
+                code, body = await get(f"{cli.admin}/api/status", token)
             except aiohttp.ClientError:
                 return False  # not listening yet
+            if code != 200:
+                return False  # listening, the worker still starting
             sources = json.loads(body)["sources"]
             return all(sources.get(n, {}).get("last_error") for n in ("th", "risk"))
 
