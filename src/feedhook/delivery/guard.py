@@ -53,6 +53,8 @@ class Guard:
 
     def blocked_until(self, now: float) -> float | None:
         """When the next delivery may start, if not now."""
+        if self.budget is None and self.open_since is None and self.paused_until <= now:
+            return None  # the common case, on every start: nothing holds the lane back
         later = [self.paused_until] if self.paused_until > now else []
         if self.open_since is not None:
             if self.probing:  # one probe in flight: nothing else until it answers
