@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -294,6 +296,16 @@ class Cli:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+
+    @staticmethod
+    async def stop(proc: asyncio.subprocess.Process, timeout: float = 30) -> str:
+        """SIGTERM a started command (unless it already ended) and wait for it; its stderr."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        print(err.decode()[-3000:])  # shown by pytest when the test fails
+        return err.decode()
 
     async def until_idle(self, timeout: float = 30.0) -> None:
         """`Worker.until_idle` for a `feedhook run` of this CLI, told from its metrics:

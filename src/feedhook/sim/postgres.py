@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -64,9 +65,11 @@ class PostgresServer:
             "start",
         )
 
-    def restart(self) -> None:
-        """Stop (fast: every connection dropped) and start again on the same port."""
+    def restart(self, down: float = 0.0) -> None:
+        """Stop (fast: every connection dropped), stay down `down` seconds, and start
+        again on the same port."""
         self._as_owner(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        time.sleep(down)
         self._start()
 
     def stop(self) -> None:

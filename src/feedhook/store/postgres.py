@@ -323,6 +323,13 @@ class PostgresStore:
                     self.locked_since = None
                 return result
             except Exception as exc:
+                if asyncpg is not None and isinstance(exc, asyncpg.TransactionRollbackError):
+                    # A deadlock or serialization failure: PostgreSQL rolled this
+                    # transaction back whole; it is tried again, after a moment's jitter
+                    # so that the other side goes first.
+                    log.debug("a transaction was rolled back (%s); trying it again", exc)
+                    await asyncio.sleep(random.random() * RETRY_FIRST)
+                    continue
                 if not _retryable(exc):
                     raise
                 if self.locked_since is None:

@@ -4,12 +4,13 @@ and wake-ups that cross replicas. The shared contract is in test_contract.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
 import pytest
 
-from feedhook.store import StoreError, open_store
+from feedhook.store import Delivery, Outcome, StoreError, open_store
 from feedhook.store import postgres as postgres_store
 from feedhook.store.postgres import SCHEMA_VERSION, PostgresStore
 
@@ -69,3 +70,34 @@ async def test_a_claim_whose_answer_was_lost_is_not_kept_forever(postgres_url: s
         assert await store.recover_in_flight(now + 40) == 1  # the lost one: due again
         (again,) = await store.claim({"a": 5}, now=now + 41)
         assert again.id != held.id
+
+
+async def test_a_deadlock_is_retried_not_fatal(postgres_url: str) -> None:
+    """Two transactions wait for each other's rows (here: another session, and the
+    store writing outcomes): PostgreSQL aborts one. When it is the store's, the whole
+    transaction is tried again rather than stopping the replica."""
+    async with PostgresStore(postgres_url, lease=30.0) as store:
+        await store.ingest("seq", [ingest_item(1), ingest_item(2)], "2")
+        now = time.time()
+        first, second = await store.claim({"a": 2}, now=now)
+        other = await asyncpg.connect(postgres_url)
+        try:
+            lock = other.transaction()
+            await lock.start()
+            await other.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", second.id)
+            outcomes = [delivered(first, now), delivered(second, now)]
+            completing = asyncio.create_task(store.complete(outcomes))
+            await asyncio.sleep(0.2)  # the store holds the first row, waits for the second
+            # This session now waits for the first: a cycle, found after deadlock_timeout.
+            with contextlib.suppress(asyncpg.DeadlockDetectedError):
+                await other.execute("UPDATE deliveries SET attempts = 0 WHERE id = $1", first.id)
+            await lock.commit()
+            await asyncio.wait_for(completing, 10)
+        finally:
+            await other.close()
+        counts = await store.counts()
+        assert counts["a"].delivered == 2
+
+
+def delivered(delivery: Delivery, at: float) -> Outcome:
+    return Outcome(delivery.id, "delivered", delivery.attempts + 1, at, status_code=200)
