@@ -465,22 +465,33 @@ async def scenario_enrich(sizes: dict[str, int], work: Path) -> Result:
     )
 
 
-async def outbox_size(database: str) -> int:
-    """Events in the outbox of a SQLite file or a PostgreSQL database (max id: no scan)."""
-    if "://" not in database:
-        return Bridge.ingested_from(Path(database))
-    import asyncpg
+class Outbox:
+    """Counts the events in the outbox of a SQLite file or a PostgreSQL database (max id:
+    no scan), on one connection kept open: a connection per look would charge
+    PostgreSQL a new server process every few milliseconds, and SQLite nothing."""
 
-    try:
-        conn = await asyncpg.connect(database)
-    except (OSError, asyncpg.PostgresError):
-        return 0
-    try:
-        return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
-    except asyncpg.UndefinedTableError:
-        return 0
-    finally:
-        await conn.close()
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._conn: Any = None
+
+    async def size(self) -> int:
+        if "://" not in self.database:
+            return Bridge.ingested_from(Path(self.database))
+        import asyncpg
+
+        try:
+            if self._conn is None:
+                self._conn = await asyncpg.connect(self.database)
+            return int(await self._conn.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
+        except asyncpg.UndefinedTableError:
+            return 0
+        except (OSError, asyncpg.PostgresError):
+            self._conn = None
+            return 0
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
 
 
 async def drain_rate(
@@ -498,14 +509,14 @@ async def drain_rate(
     ]
     for bridge in bridges:
         await bridge.start()
+    outbox = Outbox(databases[0])
     try:
-        first = await until(lambda: outbox_size(databases[0]), timeout=120, every=0.01)
-        base = await outbox_size(databases[0])
-        caught_up = await until(
-            lambda: _at_least(outbox_size(databases[0]), n), timeout=600, every=0.02
-        )
+        first = await until(outbox.size, timeout=120, every=0.01)
+        base = await outbox.size()
+        caught_up = await until(lambda: _at_least(outbox.size(), n), timeout=600, every=0.02)
         await until(lambda: received(rx, n), timeout=1800, every=0.2)
     finally:
+        await outbox.close()
         for bridge in bridges:
             await bridge.stop()
     got = await rx.stats()

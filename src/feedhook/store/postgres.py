@@ -140,6 +140,13 @@ MIGRATIONS: tuple[str, ...] = (
         n BIGINT NOT NULL
     );
     """,
+    # Claims are found by their lease (taking back expired ones), never by owner: an
+    # index on owner drew the outcomes' UPDATE into reading every claim the replica
+    # holds (its whole reserve) instead of the few rows it writes.
+    """
+    DROP INDEX deliveries_claimed;
+    CREATE INDEX deliveries_leases ON deliveries (lease_until) WHERE state = 'in_flight';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -195,7 +202,10 @@ class PostgresStore:
                 # synchronous=NORMAL does not: a server crash can lose the last moments'
                 # commits, which feedhook survives (an ingest goes with its cursor and
                 # is read again; a lost outcome is a delivery sent again, at least once).
-                server_settings={"synchronous_commit": "off"},
+                # random_page_cost: the queue's pages are in memory, not on a disk to
+                # seek; at the default (4) the planner answered an outcome batch by
+                # scanning the whole deliveries table rather than probing its key.
+                server_settings={"synchronous_commit": "off", "random_page_cost": "1.1"},
                 # Pooled connections never change their session (no LISTEN, no SET, the
                 # migration lock released where it is taken): no reset query each time
                 # one goes back to the pool, a round trip saved per store call.
@@ -700,7 +710,7 @@ class PostgresStore:
                 " next_attempt_at = coalesce(o.next_at, d.next_attempt_at),"
                 " last_status = o.status, last_error = CASE WHEN o.kind = 'delivered'"
                 " THEN NULL ELSE o.reason END, owner = NULL, lease_until = NULL"
-                " FROM o WHERE d.id = o.id AND d.state = 'in_flight' AND d.owner = $9"
+                " FROM o WHERE d.id = o.id AND d.owner = $9"
                 " RETURNING d.id, d.subscription, d.event_id)"
                 " INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
                 " attempts, status_code, reason, response_body, failed_at)"
