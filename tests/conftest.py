@@ -181,8 +181,14 @@ def router(subscriptions: Mapping[str, list[str]]) -> Router:
 # --- the store ----------------------------------------------------------------------
 
 
-def ingest_item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
-    """Event n of source `seq` (a Sequence job), routed to `subs`."""
+def ingest_item(
+    n: int,
+    subs: tuple[str, ...] = ("a",),
+    subject: str | None = None,
+    ordered: tuple[str, ...] = (),
+) -> IngestItem:
+    """Event n of source `seq` (a Sequence job about `subject`), routed to `subs`, in
+    order per subject for those in `ordered`."""
     envelope = make_envelope(
         source_name="seq",
         upstream_id=str(n),
@@ -190,8 +196,9 @@ def ingest_item(n: int, subs: tuple[str, ...] = ("a",)) -> IngestItem:
         type="sequence.job.created",
         time=datetime.now(UTC),
         data={"n": n},
+        subject=subject,
     )
-    return IngestItem(str(n), envelope, subs)
+    return IngestItem(str(n), envelope, subs, ordered)
 
 
 class LockProbe:

@@ -297,7 +297,9 @@ def _when(iso: str | None) -> str:
     if iso is None:
         return "never"
     moment = datetime.fromisoformat(iso)
-    return f"{moment:%Y-%m-%d %H:%M:%S}Z ({_ago(time.time() - moment.timestamp())} ago)"
+    delta = time.time() - moment.timestamp()
+    relative = f"{_ago(delta)} ago" if delta >= 0 else f"in {_ago(-delta)}"
+    return f"{moment:%Y-%m-%d %H:%M:%S}Z ({relative})"
 
 
 def _ago(seconds: float) -> str:
@@ -321,7 +323,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             return await store.status(), await store.storage()
 
     status, storage = asyncio.run(read())
-    document = status_document(status, config, storage=storage)
+    document = status_document(status, config, now=time.time(), storage=storage)
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -345,10 +347,17 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("subscriptions (delivered: since the start, pruning does not lower it):")
     width = max((len(n) for n in document["subscriptions"]), default=12)
-    print(f"  {'name':<{width}}  {'pending':>9}  {'delivered':>9}  {'dead':>6}")
+    print(f"  {'name':<{width}}  {'pending':>9}  {'delivered':>9}  {'dead':>6}  state")
     for name, c in document["subscriptions"].items():
         gone = "  (no longer configured)" if not c["configured"] else ""
-        print(f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}{gone}")
+        state = c["state"]
+        print(
+            f"  {name:<{width}}  {c['pending']:>9}  {c['delivered']:>9}  {c['dead']:>6}"
+            f"  {state['state']}{gone}"
+        )
+        if state["state"] != "active":
+            until = f", until {_when(state['until'])}" if state["until"] else ""
+            print(f"    {state['reason']} (since {_when(state['since'])}{until})")
     return EXIT_OK
 
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from feedhook import __version__
 from feedhook.health import SourceHealth
-from feedhook.store.base import SubscriptionCounts
+from feedhook.store.base import SubscriptionCounts, SubscriptionState
 
-if TYPE_CHECKING:  # the delivery package loads aiohttp: read-only commands never need it
-    from feedhook.delivery.guard import GuardState
-
-SUBSCRIPTION_STATES = ("active", "paused", "circuit_open")
+SUBSCRIPTION_STATES = ("active", "paused", "circuit_open", "disabled")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -138,7 +134,7 @@ class Metrics:
         counts: Mapping[str, SubscriptionCounts],
         health: Mapping[str, SourceHealth],
         now: float,
-        states: Mapping[str, GuardState] | None = None,
+        states: Mapping[str, SubscriptionState] | None = None,
     ) -> None:
         """Set the gauges that are read, not counted: queue sizes from the store's kept
         counts (never a scan), and each source's lag and time since its last success."""

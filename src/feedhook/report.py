@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from feedhook.config import Config
 from feedhook.health import SourceHealth
 from feedhook.logs import redact
-from feedhook.store.base import DeadLetter, Status, Storage
-
-if TYPE_CHECKING:  # the delivery package loads aiohttp: read-only commands never need it
-    from feedhook.delivery.guard import GuardState
+from feedhook.store.base import ACTIVE, DeadLetter, Status, Storage, SubscriptionState
 
 
 def _iso(ts: float | None) -> str | None:
@@ -33,10 +30,11 @@ def status_document(
     health: Mapping[str, SourceHealth] | None = None,
     now: float | None = None,
     storage: Storage | None = None,
-    states: Mapping[str, GuardState] | None = None,
+    states: Mapping[str, SubscriptionState] | None = None,
 ) -> dict[str, Any]:
     """Per source: cursor, last poll, last error (and live state when running);
-    per subscription: pending, delivered, dead letters."""
+    per subscription: pending, delivered, dead letters, and its state (a running
+    worker's own `states`, else the stored ones)."""
     sources = sorted(set(status.sources) | set(config.sources if config else ()))
     subs = sorted(set(status.subscriptions) | set(config.subscriptions if config else ()))
     out: dict[str, Any] = {"sources": {}, "subscriptions": {}}
@@ -63,14 +61,15 @@ def status_document(
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
         }
-        if states is not None and name in states:
-            guard = states[name]
-            out["subscriptions"][name]["state"] = {
-                "state": guard.state,
-                "reason": guard.reason,
-                "since": _iso(guard.since),
-                "until": _iso(guard.until),
-            }
+        kept = (states if states is not None else status.states).get(name, ACTIVE)
+        if now is not None:
+            kept = kept.at(now)
+        out["subscriptions"][name]["state"] = {
+            "state": kept.state,
+            "reason": kept.reason,
+            "since": _iso(kept.since),
+            "until": _iso(kept.until),
+        }
     if status.replicas:
         out["replicas"] = {_replica(owner): _iso(seen) for owner, seen in status.replicas.items()}
     if storage is not None:

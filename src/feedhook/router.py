@@ -65,6 +65,10 @@ class Router:
 
     def __init__(self, subscriptions: Mapping[str, SubscriptionConfig]) -> None:
         self.routes = tuple(compile_route(name, sub) for name, sub in subscriptions.items())
+        # The subscriptions that take each subject's events one at a time, in order.
+        self.ordered = frozenset(
+            name for name, sub in subscriptions.items() if sub.ordering == "subject"
+        )
         # Filter failures since the last `take_filter_errors()`, by subscription.
         self.filter_errors: Counter[str] = Counter()
         self._log_gate = Throttle(FILTER_ERROR_LOG_INTERVAL)

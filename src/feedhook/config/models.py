@@ -294,6 +294,11 @@ class SubscriptionConfig(_Model):
     # At most this many deliveries started in any window (none: no limit).
     rate_limit: Rate | None = None
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    # subject: one delivery at a time per envelope subject, in ingest order.
+    ordering: Literal["none", "subject"] = "none"
+    # cloudevents: ask the receiver's permission first (the CloudEvents webhook
+    # validation handshake) and take the rate it allows.
+    handshake: Literal["none", "cloudevents"] = "none"
 
     def limits(self) -> str:
         """For `feedhook check`: how this receiver is spared."""
@@ -305,7 +310,12 @@ class SubscriptionConfig(_Model):
             if breaker.failures
             else "no circuit breaker"
         )
-        return f"{self.max_in_flight} in flight; {rate}; {circuit}"
+        out = f"{self.max_in_flight} in flight; {rate}; {circuit}"
+        if self.ordering == "subject":
+            out += "; in order per subject"
+        if self.handshake == "cloudevents":
+            out += "; CloudEvents handshake first"
+        return out
 
     @field_validator("types")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,13 +14,13 @@ from typing import Any
 
 from feedhook import clock
 from feedhook.config import SubscriptionConfig
-from feedhook.delivery.guard import Guard, GuardState
+from feedhook.delivery.guard import Guard
 from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
-from feedhook.logs import Throttle
+from feedhook.logs import Throttle, redact_url
 from feedhook.metrics import Metrics
-from feedhook.store.base import Delivery, Outcome, Store
+from feedhook.store.base import ACTIVE, Delivery, Outcome, Store, SubscriptionState
 
 # Retried failures are summed up per (subscription, cause) once a minute at WARNING;
 # each attempt is a DEBUG line.
@@ -33,6 +34,7 @@ IDLE_POLL = 1.0
 WRITE_BATCH = 1000
 MIN_RESERVE = 64
 START_BATCH = 16
+GONE = 410  # the receiver asks for no more deliveries: the subscription is disabled
 
 
 @dataclass
@@ -51,6 +53,10 @@ class Lane:
     guard: Guard | None = None
     # Its circuit opened or closed: bring its failed deliveries back into line.
     resume_pending: bool = False
+    # Disabled (410 Gone, an operator): nothing is claimed or started until enabled.
+    disabled: SubscriptionState | None = None
+    # What this worker last recorded in the store of its receiver (paused, circuit open).
+    recorded: SubscriptionState = ACTIVE
 
     @property
     def cap(self) -> int:
@@ -95,9 +101,13 @@ class Lane:
         else:
             self.guard.reconfigure(config)
 
+    @property
+    def ordered(self) -> bool:
+        return self.config.ordering == "subject"
+
     def may_start(self, now: float) -> bool:
         assert self.guard is not None
-        return self.room > 0 and self.guard.blocked_until(now) is None
+        return self.room > 0 and self.disabled is None and self.guard.blocked_until(now) is None
 
 
 class Dispatcher:
@@ -152,11 +162,15 @@ class Dispatcher:
             lane.maybe_due = True
         self._wake.set()
 
+    def _sending_lanes(self) -> list[str]:
+        """The lanes whose deliveries may go out (a disabled one's wait, however due)."""
+        return [name for name, lane in self.lanes.items() if lane.disabled is None]
+
     async def idle(self) -> bool:
         """Nothing in flight, nothing claimed waiting, nothing due now in the store."""
         if self._sending or any(lane.ready or lane.in_flight for lane in self.lanes.values()):
             return False
-        due = await self.store.next_due_at(list(self.lanes))
+        due = await self.store.next_due_at(self._sending_lanes())
         return due is None or due > clock.now()
 
     def stop(self) -> None:
@@ -168,15 +182,23 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._write_outcomes(), name="outcome-writer")
             try:
-                self._next_retry = await self.store.next_due_at(list(self.lanes))
+                for name in self.lanes:  # notes of a run before this one are stale
+                    await self.store.record_state(name, ACTIVE)
+                await self._read_states()
+                self._next_retry = await self.store.next_due_at(self._sending_lanes())
                 await self._claim_loop()
                 await self._finish_in_flight()
             finally:
                 self._outcomes.put_nowait(None)
 
     async def _claim_loop(self) -> None:
+        states_read = time.monotonic()
         while not self._stopping:
             self._wake.clear()
+            if time.monotonic() - states_read >= IDLE_POLL:
+                # Disabled or enabled elsewhere (the CLI, another replica's 410).
+                await self._read_states()
+                states_read = time.monotonic()
             now = clock.now()
             if self._next_retry is not None and now >= self._next_retry:
                 self._next_retry = None
@@ -186,6 +208,8 @@ class Dispatcher:
                 await self.store.release(released)
             wants: dict[str, int] = {}
             for lane in self.lanes.values():
+                if lane.disabled is not None:
+                    continue
                 idle = not (lane.in_flight or lane.ready)
                 if lane.guard is not None and lane.guard.open_since is not None:
                     # Circuit open: only the probe, the oldest due, once it is time.
@@ -201,7 +225,7 @@ class Dispatcher:
                 break
             if self._next_retry is None and not any(x.maybe_due for x in self.lanes.values()):
                 # All drained: find the next scheduled retry once, then sleep until it.
-                self._next_retry = await self.store.next_due_at(list(self.lanes))
+                self._next_retry = await self.store.next_due_at(self._sending_lanes())
             timeout = IDLE_POLL
             if self._next_retry is not None:
                 timeout = min(IDLE_POLL, max(self._next_retry - clock.now(), 0.001))
@@ -223,7 +247,8 @@ class Dispatcher:
         for name in wants:
             # Cleared first: a wake() while the claim runs (new events) sets it again.
             self.lanes[name].maybe_due = False
-        claimed = await self.store.claim(wants, now)
+        ordered = {name for name in wants if self.lanes[name].ordered}
+        claimed = await self.store.claim(wants, now, ordered)
         got: Counter[str] = Counter()
         for delivery in claimed:
             lane = self.lanes.get(delivery.subscription)
@@ -278,7 +303,13 @@ class Dispatcher:
             assert lane.guard is not None
             change = lane.guard.answered(result, now)
             retry_at = decision.retry_at
-            if result.retryable and lane.guard.open_since is not None:
+            if result.status == GONE:
+                # The receiver says the subscription is gone (Standard Webhooks): it is
+                # disabled, and this delivery waits with the rest, attempt not counted.
+                decision = Decision("retry", delivery.created_at, "HTTP 410 Gone")
+                attempts, retry_at = delivery.attempts, delivery.created_at
+                change = "gone"
+            elif result.retryable and lane.guard.open_since is not None:
                 # The receiver is down, not this delivery: the attempt (a probe, or one
                 # in flight as the circuit opened) is not counted against it, and it
                 # keeps its place in line instead of waiting out a long step.
@@ -303,10 +334,15 @@ class Dispatcher:
                 meters["latency"].observe(now - delivery.ingested_at)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("delivered %s to %s", delivery.envelope_id, lane.name)
-            else:
+            elif change != "gone":  # a disabled subscription says so once, below
                 self._failed(lane, delivery, result, decision, attempts, now)
-            if change is not None:
+            if change == "gone":
+                receiver = redact_url(str(lane.config.url), query=True)
+                await self._disable(lane, f"HTTP 410 Gone from {receiver}")
+            elif change is not None:
                 await self._circuit(lane, change, now)
+            if change is not None or result.retry_after is not None:
+                await self._record(lane, now)
         finally:
             lane.in_flight -= 1
             if lane.ready and not self._stopping and lane.may_start(clock.now()):
@@ -344,9 +380,74 @@ class Dispatcher:
         lane.maybe_due = True
         self._wake.set()
 
-    def states(self, now: float) -> dict[str, GuardState]:
-        """Each subscription's state now: active, paused or circuit_open."""
-        return {name: lane.guard.state(now) for name, lane in self.lanes.items() if lane.guard}
+    def states(self, now: float) -> dict[str, SubscriptionState]:
+        """Each subscription's state now: active, paused, circuit_open or disabled."""
+        return {
+            name: lane.disabled or (lane.guard.state(now) if lane.guard else ACTIVE)
+            for name, lane in self.lanes.items()
+        }
+
+    # --- disabled subscriptions --------------------------------------------------------
+
+    async def disable(self, name: str, reason: str) -> bool:
+        """An operator disables a subscription (maintenance): False if it already was."""
+        return await self._disable(self.lanes[name], reason)
+
+    async def enable(self, name: str) -> bool:
+        """Enable a disabled subscription: its backlog goes out in order. False if it
+        was not disabled."""
+        lane = self.lanes[name]
+        enabled = await self.store.enable(name, clock.now())
+        if lane.disabled is not None:
+            lane.disabled = None
+            log.info("%s is enabled", name, extra={"subscription": name})
+        lane.maybe_due = True
+        self._next_retry = None
+        self._wake.set()
+        return enabled
+
+    async def _disable(self, lane: Lane, reason: str) -> bool:
+        now = clock.now()
+        disabled = await self.store.disable(lane.name, reason, now)
+        if lane.disabled is None:
+            lane.disabled = SubscriptionState("disabled", reason, now)
+            log.warning(
+                "%s is disabled: %s; its deliveries wait (pending) until"
+                " `feedhook subscriptions enable %s`",
+                lane.name,
+                reason,
+                lane.name,
+                extra={"subscription": lane.name},
+            )
+            held = [d.id for d in lane.ready]
+            lane.ready.clear()
+            if held:
+                await self.store.release(held)
+        return disabled
+
+    async def _read_states(self) -> None:
+        """Take the stored disabled states (set by the CLI, the API, another replica)."""
+        stored = await self.store.states()
+        for name, lane in self.lanes.items():
+            state = stored.get(name)
+            if state is not None and state.state == "disabled":
+                if lane.disabled is None:
+                    lane.disabled = state
+                    held = [d.id for d in lane.ready]
+                    lane.ready.clear()
+                    if held:
+                        await self.store.release(held)
+            elif lane.disabled is not None:  # enabled elsewhere
+                lane.disabled, lane.maybe_due = None, True
+                self._next_retry = None
+
+    async def _record(self, lane: Lane, now: float) -> None:
+        """Keep the store's note of this receiver (for `feedhook status`) up to date."""
+        assert lane.guard is not None
+        state = lane.guard.state(now)
+        if state != lane.recorded:
+            lane.recorded = state
+            await self.store.record_state(lane.name, state)
 
     def _failed(
         self,
@@ -431,6 +532,11 @@ class Dispatcher:
                     batch.append(item)
             if batch:
                 await self.store.complete(batch)
+                # An ordered lane's next delivery of a subject is claimable only now.
+                for lane in self.lanes.values():
+                    if lane.ordered and not lane.maybe_due:
+                        lane.maybe_due = True
+                        self._wake.set()
             if self._outcomes.empty():  # every outcome so far written: resume after them
                 for lane in list(self.lanes.values()):
                     if lane.resume_pending:

@@ -7,22 +7,13 @@ what each attempt did; nothing here sleeps or touches the store. States: `active
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from feedhook.budget import Budget
 from feedhook.config import SubscriptionConfig
 from feedhook.delivery.policy import MAX_RETRY_AFTER, AttemptResult
+from feedhook.store.base import ACTIVE, SubscriptionState
 
 MAX_COOLDOWN = 600.0
 PAUSING_STATUSES = frozenset({429, 503})
-
-
-@dataclass(frozen=True, slots=True)
-class GuardState:
-    state: str  # active, paused, circuit_open
-    reason: str | None = None
-    since: float | None = None
-    until: float | None = None
 
 
 class Guard:
@@ -103,10 +94,12 @@ class Guard:
             return "opened"
         return None
 
-    def state(self, now: float) -> GuardState:
+    def state(self, now: float) -> SubscriptionState:
         if self.open_since is not None:
             reason = f"{self.failures} failures in a row; last: {self.last_failure}"
-            return GuardState("circuit_open", reason, self.open_since, self.open_until)
+            return SubscriptionState("circuit_open", reason, self.open_since, self.open_until)
         if self.paused_until > now:
-            return GuardState("paused", self.pause_reason, self.paused_since, self.paused_until)
-        return GuardState("active")
+            return SubscriptionState(
+                "paused", self.pause_reason, self.paused_since, self.paused_until
+            )
+        return ACTIVE

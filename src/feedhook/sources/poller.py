@@ -142,7 +142,7 @@ class Poller:
                 enriched = await self._enrich([envelope for _, envelope in events])
                 router = self.router()  # after enriching: filters may read what it added
                 items = [
-                    IngestItem(upstream_id, envelope, router.match(envelope))
+                    IngestItem(upstream_id, envelope, router.match(envelope), router.ordered)
                     for (upstream_id, _), envelope in zip(events, enriched.envelopes, strict=True)
                 ]
                 fresh = await self.store.ingest(name, items, batch[-1].cursor, enriched.subjects)

@@ -6,6 +6,7 @@ scheme picks the implementation: a file path or `sqlite:///path` is SQLite (one
 """
 
 from feedhook.store.base import (
+    ACTIVE,
     DEFAULT_LEASE,
     DeadLetter,
     Delivery,
@@ -21,6 +22,7 @@ from feedhook.store.base import (
     StoreError,
     Subject,
     SubscriptionCounts,
+    SubscriptionState,
 )
 from feedhook.store.memory import MemoryDatabase, MemoryStore
 from feedhook.store.sqlite import SqliteStore
@@ -59,6 +61,7 @@ def open_store(url: str, *, holder: bool = False, lease: float = DEFAULT_LEASE) 
 
 
 __all__ = [
+    "ACTIVE",
     "DeadLetter",
     "Delivery",
     "IngestItem",
@@ -76,6 +79,7 @@ __all__ = [
     "StoredEvent",
     "Subject",
     "SubscriptionCounts",
+    "SubscriptionState",
     "open_store",
     "sqlite_path",
 ]

@@ -33,11 +33,13 @@ class SourceLost(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class IngestItem:
-    """One normalized event and the subscriptions it was routed to."""
+    """One normalized event and the subscriptions it was routed to; `ordered` names
+    those of them that take each subject's events one at a time (`ordering: subject`)."""
 
     upstream_id: str
     envelope: Envelope
     subscriptions: Sequence[str]
+    ordered: Collection[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +153,34 @@ class Subject:
     fetched_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """Where a subscription stands: `active`; `paused` (its receiver asked for a pause
+    with Retry-After) or `circuit_open` (its receiver kept failing), both until `until`;
+    `disabled` (its receiver answered 410 Gone, or an operator disabled it) until it is
+    enabled. With why, and since when."""
+
+    state: Literal["active", "paused", "circuit_open", "disabled"]
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def at(self, now: float) -> SubscriptionState:
+        """The state as of `now`: a pause that ended is `active`."""
+        if self.state == "paused" and self.until is not None and self.until <= now:
+            return ACTIVE
+        return self
+
+
+ACTIVE = SubscriptionState("active")
+
+
 @dataclass(frozen=True)
 class Status:
     sources: dict[str, SourceState] = field(default_factory=dict)
     subscriptions: dict[str, SubscriptionCounts] = field(default_factory=dict)
+    # The subscriptions not active, as stored (see Store.states).
+    states: dict[str, SubscriptionState] = field(default_factory=dict)
     # The replicas alive (several on one database): each one's id, and when it was seen.
     replicas: dict[str, float] = field(default_factory=dict)
 
@@ -200,9 +226,12 @@ class Store(Protocol):
         """Write in one transaction: the items' events not stored yet (by `upstream_id`;
         the first of duplicates in `items` wins), a pending delivery for each of their
         subscriptions, the cursor with a successful poll, and `subjects` (replacing the
-        representation kept for each url). Returns the items that were new. Idempotent:
-        the same call again writes no event and no delivery. Raises SourceLost, writing
-        nothing, while another owner holds an unexpired lease on the source."""
+        representation kept for each url). Each new event gets the next number of its
+        source, in `items` order, as the envelope's CloudEvents `sequence` (`sequenced`:
+        no gaps, so receivers can tell one is missing). Returns the items that were new.
+        Idempotent: the same call again writes no event and no delivery. Raises
+        SourceLost, writing nothing, while another owner holds an unexpired lease on
+        the source."""
         ...
 
     async def subjects(self, source: str, urls: Collection[str]) -> dict[str, Subject]:
@@ -255,7 +284,16 @@ class Store(Protocol):
         ...
 
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]: ...
-    async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]: ...
+    async def claim(
+        self, wants: Mapping[str, int], now: float, ordered: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Mark due deliveries in flight under this owner, up to `wants[subscription]`
+        for each, oldest due first. For the subscriptions in `ordered`, only each
+        subject's oldest unfinished delivery (pending or in flight; its event's subject
+        as routed with `IngestItem.ordered`) may be taken: one at a time per subject. A
+        disabled subscription's deliveries are never claimed."""
+        ...
+
     async def release(self, ids: Sequence[int]) -> None: ...
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None: ...
     async def resume(self, subscription: str, now: float) -> int:
@@ -264,6 +302,27 @@ class Store(Protocol):
         ...
 
     async def complete(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    # subscription states: `disabled` is the store's (claims obey it, on every worker);
+    # `paused` and `circuit_open` are a worker's own, recorded for status to show.
+    async def states(self) -> dict[str, SubscriptionState]:
+        """The subscriptions whose stored state is not `active`."""
+        ...
+
+    async def record_state(self, subscription: str, state: SubscriptionState) -> None:
+        """A worker's view of a receiver (`paused`, `circuit_open`, or `active` to clear
+        it). A `disabled` state is never replaced by it."""
+        ...
+
+    async def disable(self, subscription: str, reason: str, at: float) -> bool:
+        """Disable a subscription: its deliveries stay pending, none is claimed until it
+        is enabled. False (nothing changed) when it already was disabled."""
+        ...
+
+    async def enable(self, subscription: str, now: float) -> bool:
+        """Enable a disabled subscription: its pending deliveries become due at once, in
+        ingest order, and workers are woken. False when it was not disabled."""
+        ...
 
     # operations
     async def status(self) -> Status: ...

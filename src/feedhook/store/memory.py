@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from feedhook import clock
+from feedhook.envelope import sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
     DeadLetter,
@@ -32,6 +33,7 @@ from feedhook.store.base import (
     StoredEvent,
     Subject,
     SubscriptionCounts,
+    SubscriptionState,
     new_owner,
 )
 
@@ -63,6 +65,7 @@ class _Delivery:
     last_error: str | None = None
     owner: str | None = None
     lease_until: float | None = None
+    ordering_key: str | None = None  # its event's subject, for an ordered subscription
 
 
 @dataclass
@@ -76,6 +79,8 @@ class MemoryDatabase:
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
     sources: dict[str, SourceState] = field(default_factory=dict)
     subjects: dict[tuple[str, str], Subject] = field(default_factory=dict)
+    states: dict[str, SubscriptionState] = field(default_factory=dict)
+    sequences: Counter[str] = field(default_factory=Counter)  # the last number of each source
     # Delivered deliveries that pruning removed: the delivered count is a lifetime total.
     pruned_delivered: Counter[str] = field(default_factory=Counter)
     # One poller per source: who polls it, until when.
@@ -168,19 +173,21 @@ class MemoryStore:
                 fresh.setdefault(item.upstream_id, item)
         routed = [(item, list(item.subscriptions)) for item in fresh.values()]
         for item, subscriptions in routed:
+            db.sequences[source] += 1
             event = _Event(
                 db.next_id(),
                 source,
                 item.upstream_id,
                 item.envelope.id,
                 item.envelope.type,
-                item.envelope.body,
+                sequenced(item.envelope.body, db.sequences[source]),
                 now,
             )
             db.events[event.id] = event
             db.event_keys[(source, item.upstream_id)] = event.id
             for name in subscriptions:
-                self._add_delivery(event.id, name, now)
+                key = item.envelope.subject if name in item.ordered else None
+                self._add_delivery(event.id, name, now, key)
         self._source(
             source,
             cursor=cursor,
@@ -210,9 +217,18 @@ class MemoryStore:
         fields = {k: getattr(old, k) for k in SourceState.__slots__} | changes
         self.database.sources[name] = SourceState(**fields)
 
-    def _add_delivery(self, event_id: int, subscription: str, now: float) -> _Delivery:
+    def _add_delivery(
+        self, event_id: int, subscription: str, now: float, ordering_key: str | None = None
+    ) -> _Delivery:
         delivery = _Delivery(
-            self.database.next_id(), event_id, subscription, "pending", now, now, now
+            self.database.next_id(),
+            event_id,
+            subscription,
+            "pending",
+            now,
+            now,
+            now,
+            ordering_key=ordering_key,
         )
         self.database.deliveries[delivery.id] = delivery
         self.database.pairs[(event_id, subscription)] = delivery.id
@@ -251,12 +267,29 @@ class MemoryStore:
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]:
         return await self.claim({subscription: limit}, now)
 
-    async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]:
+    async def claim(
+        self, wants: Mapping[str, int], now: float, ordered: Collection[str] = ()
+    ) -> list[Delivery]:
         db = self.database
         due: dict[str, list[_Delivery]] = {}
+        heads: set[int] = set()  # each ordered subject's oldest unfinished delivery
+        seen: set[tuple[str, str]] = set()
+        for d in sorted(db.deliveries.values(), key=lambda d: d.id):
+            if d.subscription in ordered and d.ordering_key is not None:
+                if d.state not in ("pending", "in_flight"):
+                    continue
+                if (d.subscription, d.ordering_key) in seen:
+                    continue
+                seen.add((d.subscription, d.ordering_key))
+                heads.add(d.id)
         for d in db.deliveries.values():
-            if d.state == "pending" and d.next_attempt_at <= now and wants.get(d.subscription):
-                due.setdefault(d.subscription, []).append(d)
+            if d.state != "pending" or d.next_attempt_at > now or not wants.get(d.subscription):
+                continue
+            if self._disabled(d.subscription):
+                continue
+            if d.subscription in ordered and d.ordering_key is not None and d.id not in heads:
+                continue
+            due.setdefault(d.subscription, []).append(d)
         claimed: list[_Delivery] = []
         for name, rows in due.items():
             rows.sort(key=lambda d: (d.next_attempt_at, d.id))
@@ -332,12 +365,44 @@ class MemoryStore:
                 )
                 db.dead_letters[letter.id] = letter
 
+    # --- subscription states ---------------------------------------------------------
+
+    def _disabled(self, subscription: str) -> bool:
+        state = self.database.states.get(subscription)
+        return state is not None and state.state == "disabled"
+
+    async def states(self) -> dict[str, SubscriptionState]:
+        return dict(sorted(self.database.states.items()))
+
+    async def record_state(self, subscription: str, state: SubscriptionState) -> None:
+        if self._disabled(subscription):
+            return
+        if state.state == "active":
+            self.database.states.pop(subscription, None)
+        else:
+            self.database.states[subscription] = state
+
+    async def disable(self, subscription: str, reason: str, at: float) -> bool:
+        if self._disabled(subscription):
+            return False
+        self.database.states[subscription] = SubscriptionState("disabled", reason, at)
+        return True
+
+    async def enable(self, subscription: str, now: float) -> bool:
+        if not self._disabled(subscription):
+            return False
+        del self.database.states[subscription]
+        await self.resume(subscription, now)
+        self._work_arrived()
+        return True
+
     # --- operations ------------------------------------------------------------------
 
     async def status(self) -> Status:
         return Status(
             sources=dict(sorted(self.database.sources.items())),
             subscriptions=await self.counts(),
+            states=await self.states(),
         )
 
     async def counts(self) -> dict[str, SubscriptionCounts]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from feedhook import clock
-from feedhook.envelope import encode
+from feedhook.envelope import encode, sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
     DeadLetter,
@@ -43,6 +43,7 @@ from feedhook.store.base import (
     StoreError,
     Subject,
     SubscriptionCounts,
+    SubscriptionState,
     new_owner,
 )
 
@@ -146,6 +147,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX deliveries_claimed;
     CREATE INDEX deliveries_leases ON deliveries (lease_until) WHERE state = 'in_flight';
+    """,
+    # Receivers spared: subscriptions disabled (410 Gone, an operator) and the replicas'
+    # notes (paused, circuit open); deliveries in order per subject; each source's
+    # numbering of its events (the CloudEvents `sequence`).
+    """
+    CREATE TABLE subscription_states (
+        subscription TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        reason TEXT,
+        since DOUBLE PRECISION,
+        until DOUBLE PRECISION
+    );
+    ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
+    CREATE INDEX deliveries_ordered ON deliveries (subscription, ordering_key, id)
+        WHERE ordering_key IS NOT NULL AND state IN ('pending', 'in_flight');
+    ALTER TABLE sources ADD COLUMN sequence BIGINT NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -486,7 +503,8 @@ class PostgresStore:
             now = clock.now()
             async with conn.transaction():
                 holder = await conn.fetchrow(
-                    "SELECT poller, poller_until FROM sources WHERE name = $1 FOR UPDATE", source
+                    "SELECT poller, poller_until, sequence FROM sources WHERE name = $1 FOR UPDATE",
+                    source,
                 )
                 if (
                     holder is not None
@@ -494,43 +512,63 @@ class PostgresStore:
                     and (holder["poller_until"] or 0) >= now
                 ):
                     raise SourceLost(f"source {source} is polled by another replica")
+                # The new ones are told apart first: each gets the source's next number.
+                stored = {
+                    r["upstream_id"]
+                    for r in await conn.fetch(
+                        "SELECT upstream_id FROM events WHERE source = $1"
+                        " AND upstream_id = ANY($2::text[])",
+                        source,
+                        [i.upstream_id for i in unique],
+                    )
+                }
+                new = [i for i in unique if i.upstream_id not in stored]
+                sequence = holder["sequence"] if holder is not None else 0
+                bodies = [sequenced(i.envelope.body, sequence + n) for n, i in enumerate(new, 1)]
+                sequence += len(new)
                 rows = await conn.fetch(
                     "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
                     " ingested_at) SELECT $1, u, e, t, b, $6 FROM unnest($2::text[],"
                     " $3::text[], $4::text[], $5::bytea[]) AS x(u, e, t, b)"
                     " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
                     source,
-                    [i.upstream_id for i in unique],
-                    [i.envelope.id for i in unique],
-                    [i.envelope.type for i in unique],
-                    [i.envelope.body for i in unique],
+                    [i.upstream_id for i in new],
+                    [i.envelope.id for i in new],
+                    [i.envelope.type for i in new],
+                    bodies,
                     now,
                 )
                 event_ids = {r["upstream_id"]: r["id"] for r in rows}
-                fresh = [i for i in unique if i.upstream_id in event_ids]
-                pairs = [(event_ids[i.upstream_id], n) for i in fresh for n in i.subscriptions]
+                fresh = [i for i in new if i.upstream_id in event_ids]
+                pairs = [
+                    (event_ids[i.upstream_id], n, i.envelope.subject if n in i.ordered else None)
+                    for i in fresh
+                    for n in i.subscriptions
+                ]
                 if pairs:
                     await conn.execute(
                         "INSERT INTO deliveries (event_id, subscription, state,"
-                        " next_attempt_at, created_at, updated_at) SELECT e, s, 'pending',"
-                        " $3, $3, $3 FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY"
-                        " AS x(e, s, n) ORDER BY n",
+                        " next_attempt_at, created_at, updated_at, ordering_key) SELECT e, s,"
+                        " 'pending', $4, $4, $4, k FROM unnest($1::bigint[], $2::text[],"
+                        " $3::text[]) WITH ORDINALITY AS x(e, s, k, n) ORDER BY n",
                         [p[0] for p in pairs],
                         [p[1] for p in pairs],
+                        [p[2] for p in pairs],
                         now,
                     )
                     await self._notify_on(conn)
                 await conn.execute(
                     "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
-                    " last_success_at) VALUES ($1, $2, $3, $3, $3) ON CONFLICT (name) DO"
-                    " UPDATE SET cursor = excluded.cursor,"
+                    " last_success_at, sequence) VALUES ($1, $2, $3, $3, $3, $4)"
+                    " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
                     " cursor_updated_at = excluded.cursor_updated_at,"
                     " last_poll_at = excluded.last_poll_at,"
                     " last_success_at = excluded.last_success_at, last_error = NULL,"
-                    " last_error_at = NULL",
+                    " last_error_at = NULL, sequence = excluded.sequence",
                     source,
                     cursor,
                     now,
+                    sequence,
                 )
                 if subjects:
                     await conn.executemany(
@@ -627,18 +665,27 @@ class PostgresStore:
     async def claim_due(self, subscription: str, now: float, limit: int) -> list[Delivery]:
         return await self.claim({subscription: limit}, now)
 
-    async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]:
+    async def claim(
+        self, wants: Mapping[str, int], now: float, ordered: Collection[str] = ()
+    ) -> list[Delivery]:
         """Due rows of every subscription that wants work, taken with FOR UPDATE SKIP
-        LOCKED (rows another replica is claiming are passed over, never waited for)."""
+        LOCKED (rows another replica is claiming are passed over, never waited for).
+        Ordered lanes take a row only when no older row of its subject is unfinished."""
         names = [name for name, n in wants.items() if n > 0]
         if not names:
             return []
         rows = await self._run(
             lambda c: c.fetch(
                 "WITH due AS (SELECT d.id FROM unnest($1::text[], $2::int[]) AS w(s, n)"
-                " CROSS JOIN LATERAL (SELECT id FROM deliveries WHERE state = 'pending'"
+                " CROSS JOIN LATERAL (SELECT id FROM deliveries x WHERE state = 'pending'"
                 " AND subscription = w.s AND next_attempt_at <= $3"
-                " ORDER BY next_attempt_at, id LIMIT w.n FOR UPDATE SKIP LOCKED) d),"
+                " AND (ordering_key IS NULL OR NOT (w.s = ANY($6::text[])) OR NOT EXISTS"
+                " (SELECT 1 FROM deliveries p WHERE p.subscription = x.subscription"
+                " AND p.ordering_key = x.ordering_key AND p.state IN ('pending', 'in_flight')"
+                " AND p.id < x.id))"
+                " ORDER BY next_attempt_at, id LIMIT w.n FOR UPDATE SKIP LOCKED) d"
+                " WHERE w.s NOT IN (SELECT subscription FROM subscription_states"
+                " WHERE state = 'disabled')),"
                 " claimed AS (UPDATE deliveries SET state = 'in_flight', owner = $4,"
                 " lease_until = $5 FROM due WHERE deliveries.id = due.id RETURNING"
                 " deliveries.id, deliveries.subscription, deliveries.event_id,"
@@ -651,6 +698,7 @@ class PostgresStore:
                 now,
                 self.owner,
                 now + self.lease,
+                [name for name in names if name in ordered],
             )
         )
         claimed = [Delivery(*r) for r in rows]
@@ -681,6 +729,77 @@ class PostgresStore:
         if resumed:
             await self._notify()
         return resumed
+
+    async def states(self) -> dict[str, SubscriptionState]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT subscription, state, reason, since, until FROM subscription_states"
+                " ORDER BY subscription"
+            )
+        )
+        return {r[0]: SubscriptionState(*r[1:]) for r in rows}
+
+    async def record_state(self, subscription: str, state: SubscriptionState) -> None:
+        if state.state == "active":
+            await self._run(
+                lambda c: c.execute(
+                    "DELETE FROM subscription_states WHERE subscription = $1"
+                    " AND state != 'disabled'",
+                    subscription,
+                )
+            )
+            return
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO subscription_states VALUES ($1, $2, $3, $4, $5) ON CONFLICT"
+                " (subscription) DO UPDATE SET state = excluded.state,"
+                " reason = excluded.reason, since = excluded.since, until = excluded.until"
+                " WHERE subscription_states.state != 'disabled'",
+                subscription,
+                state.state,
+                state.reason,
+                state.since,
+                state.until,
+            )
+        )
+
+    async def disable(self, subscription: str, reason: str, at: float) -> bool:
+        status = await self._run(
+            lambda c: c.execute(
+                "INSERT INTO subscription_states VALUES ($1, 'disabled', $2, $3, NULL)"
+                " ON CONFLICT (subscription) DO UPDATE SET state = 'disabled',"
+                " reason = excluded.reason, since = excluded.since, until = NULL"
+                " WHERE subscription_states.state != 'disabled'",
+                subscription,
+                reason,
+                at,
+            )
+        )
+        return bool(status.split()[-1] != "0")
+
+    async def enable(self, subscription: str, now: float) -> bool:
+        async def enable(conn: Any) -> bool:
+            async with conn.transaction():
+                status = await conn.execute(
+                    "DELETE FROM subscription_states WHERE subscription = $1"
+                    " AND state = 'disabled'",
+                    subscription,
+                )
+                if status.split()[-1] == "0":
+                    return False
+                await conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = created_at WHERE subscription = $1"
+                    " AND state = 'pending' AND next_attempt_at > $2",
+                    subscription,
+                    now,
+                )
+                await self._notify_on(conn)
+                return True
+
+        enabled: bool = await self._run(enable)
+        if enabled:
+            self._work_arrived()
+        return enabled
 
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         value = await self._run(
@@ -751,6 +870,7 @@ class PostgresStore:
         return Status(
             sources={r["name"]: SourceState(*r) for r in rows},
             subscriptions=await self.counts(),
+            states=await self.states(),
             replicas={r["owner"]: r["seen_at"] for r in replicas},
         )
 

@@ -33,7 +33,7 @@ import aiosqlite
 import orjson
 
 from feedhook import clock
-from feedhook.envelope import encode
+from feedhook.envelope import encode, sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
     DeadLetter,
@@ -48,6 +48,7 @@ from feedhook.store.base import (
     StoreError,
     Subject,
     SubscriptionCounts,
+    SubscriptionState,
     new_owner,
 )
 
@@ -182,6 +183,22 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (source, url)
     ) WITHOUT ROWID;
     CREATE INDEX subjects_deleted ON subjects (fetched_at) WHERE deleted;
+    """,
+    # Receivers spared: subscriptions disabled (410 Gone, an operator) and the workers'
+    # notes (paused, circuit open); deliveries in order per subject; each source's
+    # numbering of its events (the CloudEvents `sequence`).
+    """
+    CREATE TABLE subscription_states (
+        subscription TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        reason TEXT,
+        since REAL,
+        until REAL
+    ) WITHOUT ROWID;
+    ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
+    CREATE INDEX deliveries_ordered ON deliveries (subscription, ordering_key, id)
+        WHERE ordering_key IS NOT NULL AND state IN ('pending', 'in_flight');
+    ALTER TABLE sources ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -495,9 +512,21 @@ class SqliteStore:
         unique = list(first_seen.values())
         async with self._transaction() as db:
             (before,) = await self._one(db, "SELECT coalesce(max(id), 0) FROM events")
+            # The new ones are told apart first: each gets the source's next number.
+            (known, sequence) = await self._one(
+                db,
+                "SELECT (SELECT json_group_array(upstream_id) FROM events WHERE source = ?1"
+                " AND upstream_id IN (SELECT value FROM json_each(?2))),"
+                " coalesce((SELECT sequence FROM sources WHERE name = ?1), 0)",
+                (source, _json([i.upstream_id for i in unique])),
+            )
+            stored = set(orjson.loads(known))
+            unique = [i for i in unique if i.upstream_id not in stored]
+            bodies = [sequenced(i.envelope.body, sequence + n) for n, i in enumerate(unique, 1)]
+            sequence += len(unique)
             for start in range(0, len(unique), INSERT_CHUNK):
                 chunk = unique[start : start + INSERT_CHUNK]
-                # Known events are skipped; the new ones get ids above `before`.
+                # The new ones get ids above `before`.
                 await db.execute(
                     "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
                     " ingested_at) VALUES "
@@ -505,13 +534,13 @@ class SqliteStore:
                     + " ON CONFLICT (source, upstream_id) DO NOTHING",
                     [
                         value
-                        for i in chunk
+                        for i, body in zip(chunk, bodies[start : start + INSERT_CHUNK], strict=True)
                         for value in (
                             source,
                             i.upstream_id,
                             i.envelope.id,
                             i.envelope.type,
-                            i.envelope.body,
+                            body,
                             now,
                         )
                     ],
@@ -526,24 +555,31 @@ class SqliteStore:
                 event_ids = dict(orjson.loads(inserted))
             fresh = [i for i in unique if i.upstream_id in event_ids]
             deliveries = [
-                (event_ids[i.upstream_id], name) for i in fresh for name in i.subscriptions
+                (
+                    event_ids[i.upstream_id],
+                    name,
+                    i.envelope.subject if name in i.ordered else None,
+                )
+                for i in fresh
+                for name in i.subscriptions
             ]
             if deliveries:
                 await db.execute(
                     "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                    " created_at, updated_at) SELECT value ->> 0, value ->> 1, 'pending', ?1,"
-                    " ?1, ?1 FROM json_each(?2) ORDER BY key",
+                    " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
+                    " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
                     (now, _json(deliveries)),
                 )
             # A page read is a successful poll: recorded with the cursor, no extra commit.
             await db.execute(
                 "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
-                " last_success_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " cursor = excluded.cursor, cursor_updated_at = excluded.cursor_updated_at,"
+                " last_success_at, sequence) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO"
+                " UPDATE SET cursor = excluded.cursor,"
+                " cursor_updated_at = excluded.cursor_updated_at,"
                 " last_poll_at = excluded.last_poll_at,"
                 " last_success_at = excluded.last_success_at, last_error = NULL,"
-                " last_error_at = NULL",
-                (source, cursor, now, now, now),
+                " last_error_at = NULL, sequence = excluded.sequence",
+                (source, cursor, now, now, now, sequence),
             )
             if subjects:
                 await db.executemany(
@@ -635,7 +671,9 @@ class SqliteStore:
         """Claim for one subscription (see `claim`)."""
         return await self.claim({subscription: limit}, now)
 
-    async def claim(self, wants: Mapping[str, int], now: float) -> list[Delivery]:
+    async def claim(
+        self, wants: Mapping[str, int], now: float, ordered: Collection[str] = ()
+    ) -> list[Delivery]:
         """Mark due deliveries in flight, up to `wants[subscription]` for each, and return
         them oldest due first.
 
@@ -650,12 +688,14 @@ class SqliteStore:
         # One term per size class (lanes wanting 33-64 rows share LIMIT 64, then each
         # keeps its first n by rank): a dozen terms at most however many subscriptions
         # there are, and no lane reads more than twice what it wants.
-        classes: dict[int, dict[str, int]] = {}
+        classes: dict[tuple[int, bool], dict[str, int]] = {}
         for name, n in wants.items():
-            classes.setdefault(1 << (n - 1).bit_length(), {})[name] = n
-        picks = " UNION ALL ".join([_CLAIM_TERM] * len(classes))
+            classes.setdefault((1 << (n - 1).bit_length(), name in ordered), {})[name] = n
+        picks = " UNION ALL ".join(
+            _ORDERED_CLAIM_TERM if in_order else _CLAIM_TERM for _, in_order in classes
+        )
         params: list[Any] = [token]
-        for cap, lanes in classes.items():
+        for (cap, _), lanes in classes.items():
             params += [_json(lanes), now, cap]
         async with self._lock:
             db = self.db
@@ -713,6 +753,61 @@ class SqliteStore:
                 (subscription, now),
             )
         return int(cursor.rowcount)
+
+    async def states(self) -> dict[str, SubscriptionState]:
+        """See Store.states. A read: no lock is taken."""
+        rows = await self.db.execute_fetchall(
+            "SELECT subscription, state, reason, since, until FROM subscription_states"
+            " ORDER BY subscription"
+        )
+        return {name: SubscriptionState(*rest) for name, *rest in rows}
+
+    async def record_state(self, subscription: str, state: SubscriptionState) -> None:
+        """See Store.record_state."""
+        async with self._lock:
+            if state.state == "active":
+                await self.db.execute(
+                    "DELETE FROM subscription_states WHERE subscription = ?"
+                    " AND state != 'disabled'",
+                    (subscription,),
+                )
+            else:
+                await self.db.execute(
+                    "INSERT INTO subscription_states VALUES (?, ?, ?, ?, ?) ON CONFLICT"
+                    " (subscription) DO UPDATE SET state = excluded.state,"
+                    " reason = excluded.reason, since = excluded.since, until = excluded.until"
+                    " WHERE subscription_states.state != 'disabled'",
+                    (subscription, state.state, state.reason, state.since, state.until),
+                )
+
+    async def disable(self, subscription: str, reason: str, at: float) -> bool:
+        """See Store.disable."""
+        async with self._lock:
+            cursor = await self.db.execute(
+                "INSERT INTO subscription_states VALUES (?, 'disabled', ?, ?, NULL) ON CONFLICT"
+                " (subscription) DO UPDATE SET state = 'disabled', reason = excluded.reason,"
+                " since = excluded.since, until = NULL"
+                " WHERE subscription_states.state != 'disabled'",
+                (subscription, reason, at),
+            )
+        return bool(cursor.rowcount)
+
+    async def enable(self, subscription: str, now: float) -> bool:
+        """See Store.enable: one transaction."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM subscription_states WHERE subscription = ? AND state = 'disabled'",
+                (subscription,),
+            )
+            if not cursor.rowcount:
+                return False
+            await db.execute(
+                "UPDATE deliveries SET next_attempt_at = created_at WHERE subscription = ?"
+                " AND state = 'pending' AND next_attempt_at > ?",
+                (subscription, now),
+            )
+        self._work_arrived()
+        return True
 
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         """The earliest pending attempt among these lanes: one statement, one index probe
@@ -789,7 +884,9 @@ class SqliteStore:
                 " last_error, last_error_at FROM sources ORDER BY name"
             )
         }
-        return Status(sources=sources, subscriptions=await self.counts())
+        return Status(
+            sources=sources, subscriptions=await self.counts(), states=await self.states()
+        )
 
     async def counts(self) -> dict[str, SubscriptionCounts]:
         """Deliveries by state and dead letters, per subscription: a read of a tiny table."""
@@ -1065,11 +1162,27 @@ RECORD_SEPARATOR = b"\x1e"
 # The due deliveries of the lanes of one size class: `?` lanes as {name: wanted}, `?` now,
 # `?` the class's cap. Each lane's earliest `cap` come from its index, then its first
 # `wanted` by rank.
+# A disabled subscription's lanes are passed over (its deliveries wait, pending).
+_NOT_DISABLED = (
+    "w.key NOT IN (SELECT subscription FROM subscription_states WHERE state = 'disabled')"
+)
 _CLAIM_TERM = (
     "SELECT id FROM (SELECT d.id, w.value AS wanted, row_number() OVER (PARTITION BY w.key"
     " ORDER BY d.next_attempt_at, d.id) AS rank FROM json_each(?) AS w JOIN deliveries d"
-    " ON d.id IN (SELECT id FROM deliveries WHERE subscription = w.key AND state = 'pending'"
-    " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
+    f" ON {_NOT_DISABLED} AND d.id IN (SELECT id FROM deliveries WHERE subscription = w.key"
+    " AND state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?))"
+    " WHERE rank <= wanted"
+)
+# In order per subject: a due row is taken only when no older row of its subject is
+# still unfinished (pending, perhaps scheduled later, or in flight).
+_ORDERED_CLAIM_TERM = (
+    "SELECT id FROM (SELECT d.id, w.value AS wanted, row_number() OVER (PARTITION BY w.key"
+    " ORDER BY d.next_attempt_at, d.id) AS rank FROM json_each(?) AS w JOIN deliveries d"
+    f" ON {_NOT_DISABLED} AND d.id IN (SELECT id FROM deliveries x WHERE subscription = w.key"
+    " AND state = 'pending' AND next_attempt_at <= ? AND (ordering_key IS NULL OR NOT EXISTS"
+    " (SELECT 1 FROM deliveries p WHERE p.subscription = x.subscription"
+    " AND p.ordering_key = x.ordering_key AND p.state IN ('pending', 'in_flight')"
+    " AND p.id < x.id)) ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
 )
 
 

@@ -5,6 +5,7 @@ holder lock) is tested beside each implementation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from feedhook.store import (
+    ACTIVE,
     MemoryDatabase,
     MemoryStore,
     Outcome,
@@ -19,6 +21,7 @@ from feedhook.store import (
     SqliteStore,
     Store,
     Subject,
+    SubscriptionState,
 )
 from feedhook.store.postgres import PostgresStore
 
@@ -393,3 +396,77 @@ async def test_subjects_are_written_with_their_page_and_pruned_once_deleted(
     result = await store.prune(now=1500.0, delivered_for=1000.0, dead_letters_for=None)
     assert result.subjects == 1
     assert await store.subjects("seq", [job, gone]) == {job: later[0]}
+
+
+async def test_each_new_event_gets_the_next_number_of_its_source(store: Store) -> None:
+    """The CloudEvents `sequence`: per source, consecutive over batches, duplicates
+    skipped without a gap, strings that sort as the numbers do."""
+    await store.ingest("seq", [ingest_item(1), ingest_item(2)], "2")
+    await store.ingest("seq", [ingest_item(2), ingest_item(3)], "3")
+    claimed = await store.claim({"a": 10}, now=time.time())
+    sequences = [json.loads(d.body)["sequence"] for d in claimed]
+    assert sequences == sorted(sequences)
+    assert [int(x) for x in sequences] == [1, 2, 3]
+    assert len(set(map(len, sequences))) == 1
+
+
+async def test_an_ordered_subscription_takes_one_delivery_per_subject_at_a_time(
+    store: Store,
+) -> None:
+    """`ordering: subject`: only each subject's oldest unfinished delivery is claimed; a
+    retry scheduled later holds back its own subject only; a dead one lets the next go;
+    an unordered subscription of the same events takes them all."""
+    items = [
+        ingest_item(n, ("a", "b"), subject=f"job/{n % 2}", ordered=("a",)) for n in range(1, 7)
+    ]
+    await store.ingest("seq", items, "6")
+    now = time.time()
+    first = await store.claim({"a": 10}, now, ordered={"a"})
+    assert sorted(json.loads(d.body)["data"]["n"] for d in first) == [1, 2]
+    assert await store.claim({"a": 10}, now, ordered={"a"}) == []  # both subjects busy
+    assert len(await store.claim({"b": 10}, now, ordered={"a"})) == 6
+    one, two = sorted(first, key=lambda d: d.id)
+    await store.complete(
+        [
+            Outcome(one.id, "retry", 1, now, next_attempt_at=now + 60),  # job/1 waits
+            Outcome(two.id, "dead", 1, now, reason="gone"),  # job/0 goes on
+        ]
+    )
+    (next_one,) = await store.claim({"a": 10}, now + 1, ordered={"a"})
+    assert json.loads(next_one.body)["data"]["n"] == 4
+    retried = await store.claim({"a": 10}, now + 61, ordered={"a"})
+    assert [json.loads(d.body)["data"]["n"] for d in retried] == [1]
+
+
+async def test_a_disabled_subscription_is_never_claimed_until_enabled(stores: Stores) -> None:
+    """Disabled: nothing of it is claimed by any worker, the rest flows; the state is
+    stored with why and since when; a worker's paused/circuit notes never replace it;
+    enabled, its deliveries (a retry scheduled later included) are due at once."""
+    one, other = await stores.open(), await stores.open()
+    await one.ingest("seq", [ingest_item(n, ("a", "b")) for n in (1, 2, 3)], "3")
+    now = time.time()
+    (first,) = await one.claim({"a": 1}, now)
+    await one.complete([Outcome(first.id, "retry", 1, now, next_attempt_at=now + 3600)])
+    assert await one.disable("a", "HTTP 410 Gone", now)
+    assert not await other.disable("a", "again", now + 1)
+    await other.record_state("a", SubscriptionState("circuit_open", "x", now, now + 30))
+    state = (await other.states())["a"]
+    assert (state.state, state.reason, state.since) == ("disabled", "HTTP 410 Gone", now)
+    assert (await other.status()).states["a"].state == "disabled"
+    assert await other.claim({"a": 10, "b": 10}, now) != []
+    assert await one.claim({"a": 10}, now) == []
+    assert await other.enable("a", now + 2)
+    assert not await other.enable("a", now + 3)
+    assert "a" not in await one.states()
+    again = await one.claim({"a": 10}, now + 2)
+    assert len(again) == 3 and first.id in {d.id for d in again}
+
+
+async def test_a_workers_receiver_notes_are_stored_and_cleared(store: Store) -> None:
+    now = time.time()
+    paused = SubscriptionState("paused", "HTTP 429 with Retry-After", now, now + 5)
+    await store.record_state("a", paused)
+    assert (await store.states())["a"] == paused
+    assert paused.at(now + 6).state == "active"
+    await store.record_state("a", ACTIVE)
+    assert await store.states() == {}

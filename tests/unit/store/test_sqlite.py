@@ -89,8 +89,17 @@ async def test_migration_backfills_counts(tmp_path: Path) -> None:
     module.SCHEMA_VERSION = 1
     try:
         async with SqliteStore(path) as store:
-            await store.ingest("seq", [ingest_item(n, ("a",)) for n in range(1, 6)], "5")
-            # Written as that version's code did: one dead, one in flight.
+            # Written as that version's code did: five events, one dead, one in flight.
+            for n in range(1, 6):
+                await store.db.execute(
+                    "INSERT INTO events VALUES (?, 'seq', ?, ?, 't', '{}', 1.0)",
+                    (n, str(n), f"seq:{n}"),
+                )
+                await store.db.execute(
+                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                    " created_at, updated_at) VALUES (?, 'a', 'pending', 1.0, 1.0, 1.0)",
+                    (n,),
+                )
             await store.db.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1")
             await store.db.execute("UPDATE deliveries SET state = 'in_flight' WHERE id = 2")
             await store.db.execute(
