@@ -314,10 +314,11 @@ class Cli:
         print(err.decode()[-3000:])  # shown by pytest when the test fails
         return err.decode()
 
-    async def until_idle(self, timeout: float = 30.0) -> None:
+    async def until_idle(self, timeout: float = 30.0, held: tuple[str, ...] = ()) -> None:
         """`Worker.until_idle` for a `feedhook run` of this CLI, told from its metrics:
         every configured source has written two more polls since this call (so one read
-        began after it), and nothing is pending or in flight."""
+        began after it), and nothing is pending or in flight (but for the subscriptions
+        `held`: disabled ones, whose deliveries wait)."""
         sources = yaml.safe_load(self.config.read_text())["sources"]
         first = await self._metric("feedhook_source_polls_total", "source")
 
@@ -325,7 +326,7 @@ class Cli:
             polls = await self._metric("feedhook_source_polls_total", "source")
             pending = await self._metric("feedhook_pending_deliveries", "subscription")
             read = all(polls.get(name, 0) >= first.get(name, 0) + 2 for name in sources)
-            return read and not any(pending.values())
+            return read and not any(n for name, n in pending.items() if name not in held)
 
         await eventually(idle, timeout=timeout, what="the worker to be idle")
 

@@ -180,6 +180,15 @@ async def api_purge_one(request: web.Request) -> web.Response:
     return _json({"purged": 1})
 
 
+async def api_subscription_state(request: web.Request) -> web.Response:
+    name, action = request.match_info["name"], request.match_info["action"]
+    try:
+        changed = await _worker(request).set_enabled(name, action == "enable")
+    except KeyError:
+        return _error(404, f"no subscription {name} is configured")
+    return _json({"subscription": name, "state": f"{action}d", "changed": changed})
+
+
 async def api_reload(request: web.Request) -> web.Response:
     ok, lines = await _worker(request).reload_from_file()
     if not ok:
@@ -202,6 +211,9 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
         app.router.add_post("/api/dead-letters/{id}/replay", api_replay_one)
         app.router.add_delete("/api/dead-letters/{id}", api_purge_one)
         app.router.add_post("/api/reload", api_reload)
+        app.router.add_post(
+            "/api/subscriptions/{name}/{action:disable|enable}", api_subscription_state
+        )
     return app
 
 

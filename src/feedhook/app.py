@@ -27,7 +27,13 @@ from feedhook.ingest.local import InProcessIngest
 from feedhook.metrics import Metrics
 from feedhook.report import status_document
 from feedhook.sources.poller import PollReport
-from feedhook.store.base import DeadLetter, PruneResult, Store, StoreError
+from feedhook.store.base import (
+    DISABLED_BY_OPERATOR,
+    DeadLetter,
+    PruneResult,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger("feedhook")
 
@@ -288,6 +294,20 @@ class Worker:
 
     async def purge_dead(self, ids: list[int]) -> int:
         return await self.store.purge_dead(ids, None)
+
+    async def set_enabled(self, subscription: str, enabled: bool) -> bool:
+        """An operator disables a subscription (maintenance) or enables it again (its
+        backlog goes out in order). Whether anything changed; KeyError when no such
+        subscription is configured."""
+        if subscription not in self.config.subscriptions:
+            raise KeyError(subscription)
+        if self.dispatcher is None:  # not running yet: the store is the state
+            if enabled:
+                return await self.store.enable(subscription, clock.now())
+            return await self.store.disable(subscription, DISABLED_BY_OPERATOR, clock.now())
+        if enabled:
+            return await self.dispatcher.enable(subscription)
+        return await self.dispatcher.disable(subscription, DISABLED_BY_OPERATOR)
 
     # --- live reload -----------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from feedhook.store import (
     open_store,
     sqlite_path,
 )
+from feedhook.store.base import DISABLED_BY_OPERATOR
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -118,6 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     send_test.add_argument("subscription")
 
+    subscriptions = commands.add_parser(
+        "subscriptions", help="disable a subscription (maintenance) or enable it again"
+    )
+    subscription_commands = subscriptions.add_subparsers(
+        dest="subscriptions_command", metavar="ACTION", required=True
+    )
+    for action, text in (
+        ("disable", "send nothing to it; its deliveries wait as pending"),
+        ("enable", "send again: its backlog goes out in order"),
+    ):
+        with_config(subscription_commands.add_parser(action, help=text)).add_argument("name")
+
     keys = commands.add_parser("keys", help="ed25519 keys for v1a signatures")
     keys.add_subparsers(dest="keys_command", required=True).add_parser(
         "generate", help="print a new whsk_ signing key and its whpk_ public key"
@@ -145,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prune": cmd_prune,
         "send-test": cmd_send_test,
         "keys": cmd_keys,
+        "subscriptions": cmd_subscriptions,
     }
     try:
         return handlers[args.command](args, settings)
@@ -548,6 +562,39 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     secret, public = new_key_pair()
     print(f"signing key (the subscription's signing_key; keep it secret): {secret}")
     print(f"public key (give it to the receiver; it verifies v1a signatures): {public}")
+    return EXIT_OK
+
+
+def cmd_subscriptions(args: argparse.Namespace, settings: Settings) -> int:
+    """Disable or enable a subscription in the store: every worker on it (`feedhook run`,
+    each replica) obeys within a second; the state survives restarts and reloads."""
+    config = _load(args, settings)
+    name, enable = args.name, args.subscriptions_command == "enable"
+    if name not in config.subscriptions:
+        known = ", ".join(config.subscriptions) or "none"
+        raise UsageError(f"no subscription {name!r} (configured: {known})")
+
+    async def change() -> tuple[bool, int]:
+        async with _open_existing(settings) as store:
+            now = time.time()
+            if enable:
+                changed = await store.enable(name, now)
+            else:
+                changed = await store.disable(name, DISABLED_BY_OPERATOR, now)
+            counts = (await store.counts()).get(name)
+            return changed, counts.pending if counts else 0
+
+    changed, pending = asyncio.run(change())
+    if enable:
+        what = "enabled" if changed else "was not disabled; nothing changed"
+        print(f"{name} {what}: {pending:,} pending deliveries go out in order")
+    elif changed:
+        print(
+            f"{name} disabled: nothing is sent to it; {pending:,} pending deliveries (and"
+            f" every new one) wait until `feedhook subscriptions enable {name}`"
+        )
+    else:
+        print(f"{name} was already disabled; nothing changed ({pending:,} pending)")
     return EXIT_OK
 
 

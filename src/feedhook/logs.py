@@ -175,3 +175,6 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     # DEBUG lines are every SQL statement with its parameters (envelopes, cursors).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    # asyncpg's pool logs each failed reconnect during a database outage as a traceback;
+    # feedhook says once that the database is unreachable, and again when it answers.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

@@ -148,6 +148,7 @@ async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: 
             "pending": 0,
             "delivered": 3,
             "dead": 0,
+            "state": {"state": "active", "reason": None, "since": None, "until": None},
         }
     finally:
         code, _ = await stop(proc)

@@ -339,3 +339,40 @@ async def test_hostile_api_input_gets_4xx_not_500(
         head = await reader.readline()
         writer.close()
         assert head.startswith(b"HTTP/1.1 401"), head
+
+
+async def test_subscriptions_are_disabled_and_enabled_through_the_api(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """POST /api/subscriptions/{name}/disable|enable: the state shows in /api/status and
+    the metric; what arrives meanwhile waits and goes out on enable; unknown names 404."""
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, ops={})) as admin:
+        status, body = await admin.call("POST", "/api/subscriptions/ops/disable")
+        assert status == 200 and body == {
+            "subscription": "ops",
+            "state": "disabled",
+            "changed": True,
+        }
+        _, doc = await admin.call("GET", "/api/status")
+        state = doc["subscriptions"]["ops"]["state"]
+        assert state["state"] == "disabled" and state["reason"] == "disabled by an operator"
+        assert (
+            await admin.metric("feedhook_subscription_state", subscription="ops", state="disabled")
+            == 1
+        )
+        sequence_feed.add_events(3)
+
+        async def waiting() -> bool:
+            _, doc = await admin.call("GET", "/api/status")
+            return bool(doc["subscriptions"]["ops"]["pending"] == 3)
+
+        await eventually(waiting, what="3 pending")
+        await admin.worker.until_idle()
+        assert receiver.ok("ops") == []
+        status, body = await admin.call("POST", "/api/subscriptions/ops/enable")
+        assert status == 200 and body["changed"] is True
+        await eventually(lambda: len(receiver.ok("ops")) == 3, what="the 3 held back")
+        status, _ = await admin.call("POST", "/api/subscriptions/nope/disable")
+        assert status == 404
+        status, _ = await admin.call("POST", "/api/subscriptions/ops/disable", token=None)
+        assert status == 401

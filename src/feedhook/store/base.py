@@ -173,6 +173,7 @@ class SubscriptionState:
 
 
 ACTIVE = SubscriptionState("active")
+DISABLED_BY_OPERATOR = "disabled by an operator"  # the reason `disable` is given by hand
 
 
 @dataclass(frozen=True)

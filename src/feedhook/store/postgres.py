@@ -204,6 +204,7 @@ class PostgresStore:
         self._listener: Any = None
         self._wakes: list[Callable[[], None]] = []
         self._held: set[int] = set()  # the claims handed out and not yet finished
+        self._answers = asyncio.Event()  # set when the database answers after an outage
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -348,6 +349,9 @@ class PostgresStore:
                 if self.locked_since is not None:
                     log.info("the database answers again")
                     self.locked_since = None
+                    # Every call still backing off tries again now, not after its delay.
+                    self._answers.set()
+                    self._answers = asyncio.Event()
                 return result
             except Exception as exc:
                 if asyncpg is not None and isinstance(exc, asyncpg.TransactionRollbackError):
@@ -366,7 +370,10 @@ class PostgresStore:
                         _shown(self.url),
                         exc,
                     )
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._answers.wait(), delay * (0.5 + random.random() / 2)
+                    )
                 delay = min(RETRY_MAX, delay * 2)
 
     # --- sources ---------------------------------------------------------------------
@@ -564,11 +571,17 @@ class PostgresStore:
                     " cursor_updated_at = excluded.cursor_updated_at,"
                     " last_poll_at = excluded.last_poll_at,"
                     " last_success_at = excluded.last_success_at, last_error = NULL,"
-                    " last_error_at = NULL, sequence = excluded.sequence",
+                    " last_error_at = NULL, sequence = excluded.sequence,"
+                    # Writing is holding: this poller's lease runs on from here, even if
+                    # its renewal is still backing off from an outage.
+                    " poller_until = CASE WHEN sources.poller = $5 THEN $6"
+                    " ELSE sources.poller_until END",
                     source,
                     cursor,
                     now,
                     sequence,
+                    self.owner,
+                    now + self.lease,
                 )
                 if subjects:
                     await conn.executemany(

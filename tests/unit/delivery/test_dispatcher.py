@@ -4,14 +4,19 @@ retries, dead letters and a graceful stop, without a network or a database file.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import time
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 
 from feedhook.config import SubscriptionConfig
+from feedhook.config.models import RetryConfig
 from feedhook.delivery import Dispatcher
 from feedhook.delivery.policy import AttemptResult
 from feedhook.delivery.signing import Signer
-from feedhook.store import IngestItem, MemoryStore
+from feedhook.store import IngestItem, MemoryStore, SqliteStore
 
 from conftest import eventually, ingest_item
 
@@ -102,3 +107,70 @@ async def test_max_in_flight_bounds_each_lane() -> None:
     dispatcher.stop()
     await asyncio.wait_for(running, 5)
     assert peak == 3
+
+
+class FlakySender(ScriptedSender):
+    """Fails a share of attempts at random (seeded), 1 ms each; keeps the order of the
+    successful receipts."""
+
+    def __init__(self, failing: float, seed: int) -> None:
+        super().__init__({})
+        self.random = random.Random(seed)
+        self.failing = failing
+        self.delivered: list[int] = []
+
+    async def attempt(  # type: ignore[override]
+        self, url: str, envelope_id: str, body: bytes, *args: object
+    ) -> AttemptResult:
+        await asyncio.sleep(0.001)
+        if self.random.random() < self.failing:
+            return AttemptResult(503)
+        self.delivered.append(json.loads(body)["data"]["n"])
+        return AttemptResult(200)
+
+
+async def drain_flaky(tmp_path: Path, ordering: str) -> tuple[list[int], float]:
+    """40 subjects x 25 events (interleaved) to one receiver failing 30% of attempts:
+    the order of first successful receipts, and how long it took."""
+    async with SqliteStore(tmp_path / f"{ordering}.db") as store:
+        events = [
+            ingest_item(
+                n, ("r",), subject=f"job/{n % 40}", ordered=("r",) if ordering != "none" else ()
+            )
+            for n in range(1, 1001)
+        ]
+        await store.ingest("seq", events, "1000")
+        sender = FlakySender(0.3, seed=7)
+        config = sub("https://r/r", ordering=ordering, max_in_flight=10)
+        config = config.model_copy(update={"retry": RetryConfig(schedule=(0.01,) * 30)})
+        dispatcher = Dispatcher(store, {"r": config}, sender, grace=1.0)  # type: ignore[arg-type]
+        started = time.monotonic()
+        running = asyncio.create_task(dispatcher.run())
+
+        async def done() -> bool:
+            return (await store.counts())["r"].delivered == 1000
+
+        await eventually(done, timeout=60, what="all delivered")
+        took = time.monotonic() - started
+        dispatcher.stop()
+        await asyncio.wait_for(running, 5)
+    return sender.delivered, took
+
+
+async def test_ordering_by_subject_keeps_each_subjects_order_despite_failures(
+    tmp_path: Path,
+) -> None:
+    """`ordering: subject`: with 30% of attempts failing at random, each subject's events
+    are first received in upstream order, in about the time the unordered run takes;
+    unordered, failures put some out of order."""
+    ordered, ordered_took = await drain_flaky(tmp_path, "subject")
+    unordered, unordered_took = await drain_flaky(tmp_path, "none")
+    for received in (ordered, unordered):
+        assert sorted(received) == list(range(1, 1001))  # each once
+    per_subject = {s: [n for n in ordered if n % 40 == s] for s in range(40)}
+    assert all(ns == sorted(ns) for ns in per_subject.values())
+    assert any(
+        [n for n in unordered if n % 40 == s] != sorted(n for n in unordered if n % 40 == s)
+        for s in range(40)
+    )
+    assert ordered_took < 2 * unordered_took + 1.0, (ordered_took, unordered_took)
