@@ -88,8 +88,10 @@ class Worker:
         metrics: Metrics | None = None,
         config_path: str | Path | None = None,
         ingest_store: str | None = None,
+        origin: str | None = None,
     ) -> None:
         self.config = config
+        self.origin = origin
         self.store = store
         self.grace = grace
         self.metrics = metrics or Metrics()
@@ -151,7 +153,7 @@ class Worker:
             dispatcher = Dispatcher(
                 self.store,
                 self.config.subscriptions,
-                Sender(session, f"feedhook/{__version__}"),
+                Sender(session, f"feedhook/{__version__}", self.origin),
                 grace=self.grace,
                 metrics=self.metrics,
             )

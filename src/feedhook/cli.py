@@ -215,6 +215,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                     grace=args.grace,
                     config_path=path,
                     ingest_store=settings.db if settings.ingest_process else None,
+                    origin=settings.origin,
                 )
                 runtime.worker = worker
                 with signal_handlers(worker):

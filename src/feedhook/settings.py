@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # How long a claim (and a source) stays a worker's without renewal: with several
     # replicas, how soon the others take over the work of one that died.
     lease: Duration = Field(default=30.0, ge=1.0, le=600.0)
+    # Who feedhook is to receivers that ask (`handshake: cloudevents`): a DNS name they
+    # allow. Default: this machine's fully qualified name.
+    origin: str | None = None
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -3,7 +3,9 @@ operator enables it, across restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from feedhook.sim import Receiver, SimFeed
 
@@ -80,3 +82,36 @@ async def test_an_operator_disables_for_maintenance_and_enables(
         await eventually(lambda: len(receiver.ok("ops")) == 7, what="the 4 held back")
     finally:
         await cli.stop(proc)
+
+
+async def test_a_receiver_down_20s_gets_a_few_requests_then_everything_in_order(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """Down (503) for 20 s while 1,500 events arrive: a few dozen requests during the
+    outage (those that opened the circuit, then one probe per cooldown), then every
+    event, in order, without waiting for the retry schedule's 10-minute step."""
+    receiver.answer("down", 503)
+    config = one_feed(
+        sequence_feed,
+        receiver,
+        down={
+            "max_in_flight": 1,
+            "retry": {"schedule": ["10m", "10m", "10m"]},
+            "circuit_breaker": {"failures": 5, "cooldown": "1s"},
+        },
+    )
+    cli.write_config(config)
+    proc = await cli.start("run")
+    try:
+        outage_ends = time.monotonic() + 20
+        while time.monotonic() < outage_ends:
+            sequence_feed.add_events(75)
+            await asyncio.sleep(1)
+        during = len(receiver.received)
+        receiver.answer("down", 200)
+        await eventually(lambda: len(receiver.ok("down")) == 1500, timeout=60, what="all 1,500")
+    finally:
+        await cli.stop(proc)
+    assert during <= 30, during
+    got = [r.webhook_id for r in receiver.ok("down")]
+    assert got == [f"seq:{e.id}" for e in sequence_feed.events]

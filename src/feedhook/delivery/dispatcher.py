@@ -35,6 +35,7 @@ WRITE_BATCH = 1000
 MIN_RESERVE = 64
 START_BATCH = 16
 GONE = 410  # the receiver asks for no more deliveries: the subscription is disabled
+HANDSHAKE_RETRY = 60.0  # a receiver that refused the handshake is asked again after this
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Lane:
     disabled: SubscriptionState | None = None
     # What this worker last recorded in the store of its receiver (paused, circuit open).
     recorded: SubscriptionState = ACTIVE
+    # The CloudEvents handshake (`handshake: cloudevents`): ask, asking, or granted.
+    permission: str = "granted"
 
     @property
     def cap(self) -> int:
@@ -87,10 +90,15 @@ class Lane:
     def build(cls, name: str, config: SubscriptionConfig) -> Lane:
         lane = cls(name, config, Signer([]), RetryPolicy(()))
         lane.reconfigure(config)
+        lane.permission = "ask" if config.handshake == "cloudevents" else "granted"
         return lane
 
     def reconfigure(self, config: SubscriptionConfig) -> None:
         """A reloaded config: new url, secrets, limits; in-flight attempts keep counting."""
+        if config.handshake == "none":
+            self.permission = "granted"
+        elif (config.url, config.handshake) != (self.config.url, self.config.handshake):
+            self.permission = "ask"  # another receiver, or newly asked for: ask it first
         secrets = [s.get_secret_value() for s in (config.secret, *config.previous_secrets) if s]
         self.config = config
         keys = [config.signing_key.get_secret_value()] if config.signing_key else []
@@ -210,6 +218,9 @@ class Dispatcher:
             for lane in self.lanes.values():
                 if lane.disabled is not None:
                     continue
+                if lane.permission != "granted":
+                    self._ask_first(lane, now)
+                    continue
                 idle = not (lane.in_flight or lane.ready)
                 if lane.guard is not None and lane.guard.open_since is not None:
                     # Circuit open: only the probe, the oldest due, once it is time.
@@ -232,7 +243,9 @@ class Dispatcher:
             now = clock.now()
             for lane in self.lanes.values():  # a guard that holds a lane back lets go
                 guard = lane.guard
-                if guard is not None and (lane.ready or guard.open_since is not None):
+                if guard is None:
+                    continue
+                if lane.ready or guard.open_since is not None or lane.permission == "ask":
                     until = guard.blocked_until(now)
                     if until is not None:
                         timeout = min(timeout, max(until - now, 0.001))
@@ -386,6 +399,47 @@ class Dispatcher:
             name: lane.disabled or (lane.guard.state(now) if lane.guard else ACTIVE)
             for name, lane in self.lanes.items()
         }
+
+    # --- the CloudEvents handshake -----------------------------------------------------
+
+    def _ask_first(self, lane: Lane, now: float) -> None:
+        """Before the first delivery to a receiver that wants to be asked: the handshake,
+        once its lane has work and is not waiting out a refusal."""
+        assert lane.guard is not None
+        if lane.permission == "ask" and lane.maybe_due and lane.guard.blocked_until(now) is None:
+            lane.permission = "asking"
+            task = asyncio.create_task(self._ask(lane), name=f"handshake:{lane.name}")
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+
+    async def _ask(self, lane: Lane) -> None:
+        config = lane.config
+        permission = await self.sender.ask(str(config.url), config.headers, config.timeout)
+        now = clock.now()
+        assert lane.guard is not None
+        if permission.allowed:
+            lane.guard.allow(permission.per_minute)
+            lane.permission, lane.maybe_due = "granted", True
+            rate = f", at most {permission.per_minute}/min" if permission.per_minute else ""
+            log.info(
+                "%s: the receiver allows deliveries (CloudEvents handshake%s)",
+                lane.name,
+                rate,
+                extra={"subscription": lane.name},
+            )
+        else:
+            reason = f"CloudEvents handshake refused: {permission.reason}"
+            lane.guard.pause(now + HANDSHAKE_RETRY, reason, now)
+            lane.permission = "ask"
+            log.warning(
+                "%s: %s; deliveries wait (pending), asked again in %gs",
+                lane.name,
+                reason,
+                HANDSHAKE_RETRY,
+                extra={"subscription": lane.name},
+            )
+        await self._record(lane, now)
+        self._wake.set()
 
     # --- disabled subscriptions --------------------------------------------------------
 

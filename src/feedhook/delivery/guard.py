@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from feedhook.budget import Budget
 from feedhook.config import SubscriptionConfig
+from feedhook.config.values import RateLimit
 from feedhook.delivery.policy import MAX_RETRY_AFTER, AttemptResult
 from feedhook.store.base import ACTIVE, SubscriptionState
 
@@ -19,6 +20,7 @@ PAUSING_STATUSES = frozenset({429, 503})
 class Guard:
     def __init__(self, config: SubscriptionConfig) -> None:
         self.budget: Budget | None = None
+        self.allowed: Budget | None = None  # the rate the receiver allows (handshake)
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self.paused_since: float | None = None
@@ -42,9 +44,22 @@ class Guard:
 
     # --- may it start? -----------------------------------------------------------------
 
+    def allow(self, per_minute: int | None) -> None:
+        """The receiver's own limit, from the handshake (WebHook-Allowed-Rate)."""
+        self.allowed = None if per_minute is None else Budget(RateLimit(per_minute, 60.0))
+
+    def pause(self, until: float, reason: str, now: float) -> None:
+        """Hold the lane until `until` (a refused handshake, asked again then)."""
+        self.paused_until, self.paused_since, self.pause_reason = until, now, reason
+
     def blocked_until(self, now: float) -> float | None:
         """When the next delivery may start, if not now."""
-        if self.budget is None and self.open_since is None and self.paused_until <= now:
+        if (
+            self.budget is None
+            and self.open_since is None
+            and self.paused_until <= now
+            and self.allowed is None
+        ):
             return None  # the common case, on every start: nothing holds the lane back
         later = [self.paused_until] if self.paused_until > now else []
         if self.open_since is not None:
@@ -52,13 +67,16 @@ class Guard:
                 later.append(now + self.cooldown)
             elif self.open_until > now:
                 later.append(self.open_until)
-        if self.budget is not None and (wait := self.budget.wait(now)) > 0:
-            later.append(now + wait)
+        for budget in (self.budget, self.allowed):
+            if budget is not None and (wait := budget.wait(now)) > 0:
+                later.append(now + wait)
         return max(later) if later else None
 
     def started(self, now: float) -> None:
         if self.budget is not None:
             self.budget.take(now)
+        if self.allowed is not None:
+            self.allowed.take(now)
         if self.open_since is not None:
             self.probing = True
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -29,11 +31,57 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A receiver's answer to the CloudEvents webhook validation handshake."""
+
+    allowed: bool
+    per_minute: int | None = None  # WebHook-Allowed-Rate (None: no limit given)
+    reason: str = ""  # why not allowed, for status
+
+
 class Sender:
-    def __init__(self, session: aiohttp.ClientSession, user_agent: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, user_agent: str, origin: str | None = None
+    ) -> None:
         self.session = session
         self.user_agent = user_agent
+        # Who we are to receivers that ask (the handshake's WebHook-Request-Origin).
+        self.origin = origin or socket.getfqdn()
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def ask(self, url: str, headers: Mapping[str, str], timeout: float) -> Permission:
+        """The CloudEvents HTTP webhook validation handshake (abuse protection): OPTIONS
+        with WebHook-Request-Origin; allowed when the receiver answers 2xx with a
+        WebHook-Allowed-Origin naming our origin (or *). Never raises."""
+        request_headers = {
+            "WebHook-Request-Origin": self.origin,
+            "user-agent": self.user_agent,
+            **headers,
+        }
+        try:
+            async with self.session.options(
+                url,
+                headers=request_headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                await response.content.read(_READ_LIMIT)
+                allowed = response.headers.get("WebHook-Allowed-Origin", "").strip()
+                rate = response.headers.get("WebHook-Allowed-Rate", "").strip()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Permission(False, reason=f"the handshake failed: {type(exc).__name__}")
+        if not 200 <= status < 300:
+            return Permission(False, reason=f"the handshake was answered HTTP {status}")
+        if allowed not in ("*", self.origin):
+            return Permission(
+                False,
+                reason=f"the receiver does not allow origin {self.origin}"
+                f" (WebHook-Allowed-Origin: {allowed or 'absent'})",
+            )
+        per_minute = int(rate) if rate.isdigit() and int(rate) > 0 else None
+        return Permission(True, per_minute)
 
     async def attempt(
         self,

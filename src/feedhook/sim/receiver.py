@@ -31,6 +31,9 @@ class _Behaviour:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     echo: bool = False
+    # The CloudEvents handshake: the origin allowed (None: refuse) and the rate per minute.
+    allowed_origin: str | None = "*"
+    allowed_rate: int | None = None
 
 
 class Receiver:
@@ -38,6 +41,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.handshakes: list[tuple[str, str]] = []  # (name, WebHook-Request-Origin)
         self.listeners: list[Callable[[Received], None]] = []
         self._behaviour: dict[str, _Behaviour] = {}
         self._changed = asyncio.Condition()
@@ -93,7 +97,26 @@ class Receiver:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/{name}", self._handle)
+        app.router.add_route("OPTIONS", "/{name}", self._validate)
         return app
+
+    def allow(self, name: str, origin: str | None, per_minute: int | None = None) -> None:
+        """How /name answers the CloudEvents validation handshake: allowing `origin`
+        (`*`: anyone; None: refusing), at most `per_minute` deliveries."""
+        behaviour = self._for(name)
+        behaviour.allowed_origin, behaviour.allowed_rate = origin, per_minute
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        """OPTIONS /<name>: the CloudEvents HTTP webhook validation request, recorded."""
+        name = request.match_info["name"]
+        behaviour = self._for(name)
+        self.handshakes.append((name, request.headers.get("WebHook-Request-Origin", "")))
+        headers = {"Allow": "POST"}
+        if behaviour.allowed_origin is not None:
+            headers["WebHook-Allowed-Origin"] = behaviour.allowed_origin
+            if behaviour.allowed_rate is not None:
+                headers["WebHook-Allowed-Rate"] = str(behaviour.allowed_rate)
+        return web.Response(status=200, headers=headers)
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -706,8 +706,11 @@ class SqliteStore:
             )
             meta, bodies = await self._one(
                 db,
+                # Times as 17 digits: JSON numbers keep 15, and a retry put back at its
+                # `created_at` must sort exactly where it was.
                 "SELECT json_group_array(json_array(d.id, d.subscription, d.attempts,"
-                " d.created_at, d.next_attempt_at, e.envelope_id, e.ingested_at)),"
+                " printf('%!.17g', d.created_at), d.next_attempt_at, e.envelope_id,"
+                " e.ingested_at)),"
                 " CAST(group_concat(e.body, char(30)) AS BLOB)"
                 " FROM deliveries d JOIN events e ON e.id = d.event_id"
                 " WHERE d.state = 'in_flight' AND d.claim = ?",
@@ -729,7 +732,7 @@ class SqliteStore:
                 envelope_id=row[5],
                 body=body,
                 attempts=row[2],
-                created_at=row[3],
+                created_at=float(row[3]),
                 ingested_at=row[6],
             )
             for row, body in sorted(zip(rows, parts, strict=True), key=_due_order)

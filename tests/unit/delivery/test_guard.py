@@ -11,7 +11,9 @@ from feedhook.config import SubscriptionConfig
 from feedhook.delivery import Dispatcher
 from feedhook.delivery.guard import Guard
 from feedhook.delivery.policy import AttemptResult
+from feedhook.delivery.sender import Sender, new_session
 from feedhook.delivery.signing import Signer
+from feedhook.sim import Receiver as SimReceiver
 from feedhook.store import MemoryStore
 
 from conftest import eventually, ingest_item
@@ -163,3 +165,42 @@ async def test_a_receiver_down_gets_a_few_probes_then_everything_in_order() -> N
     during = [t for t in sender.starts["https://r/down"] if t < back_at]
     assert len(during) <= 5 + 5 + 2.0 / 0.25 + 2, len(during)  # opened, in flight, probes
     assert sender.delivered == [f"seq:{n}" for n in range(1, 301)]  # in ingest order
+
+
+async def test_the_cloudevents_handshake_comes_first_and_its_answer_is_obeyed(
+    receiver: SimReceiver,
+) -> None:
+    """`handshake: cloudevents`: an OPTIONS with our origin before the first POST; the
+    allowed rate becomes the lane's limit; a receiver that refuses gets no POST, its
+    deliveries wait as pending and its state says why."""
+    receiver.allow("polite", "feedhook.test", per_minute=3)
+    receiver.allow("refusing", None)
+    store = MemoryStore()
+    await store.ingest("seq", [ingest_item(n, ("polite", "refusing")) for n in range(1, 6)], "5")
+    config = {
+        name: sub(receiver.url(name), handshake="cloudevents") for name in ("polite", "refusing")
+    }
+    async with new_session() as session:
+        sender = Sender(session, "feedhook/test", origin="feedhook.test")
+        dispatcher = Dispatcher(store, config, sender, grace=1.0)
+        running = asyncio.create_task(dispatcher.run())
+        try:
+            await eventually(lambda: len(receiver.ok("polite")) == 3, what="3 within the rate")
+            await eventually(
+                lambda: dispatcher.states(time.time())["refusing"].state == "paused",
+                what="the refusal",
+            )
+            await asyncio.sleep(0.3)  # what a lane that ignored the answers would have sent
+        finally:
+            dispatcher.stop()
+            await asyncio.wait_for(running, 5)
+    assert len(receiver.ok("polite")) == 3
+    assert receiver.ok("refusing") == []
+    assert sorted(receiver.handshakes) == [
+        ("polite", "feedhook.test"),
+        ("refusing", "feedhook.test"),
+    ]
+    state = dispatcher.states(time.time())["refusing"]
+    assert "handshake refused" in (state.reason or "") and "feedhook.test" in (state.reason or "")
+    counts = await store.counts()
+    assert (counts["polite"].pending, counts["refusing"].pending) == (2, 5)

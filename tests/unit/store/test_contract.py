@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from feedhook import clock
 from feedhook.store import (
     ACTIVE,
     MemoryDatabase,
@@ -470,3 +471,18 @@ async def test_a_workers_receiver_notes_are_stored_and_cleared(store: Store) -> 
     assert paused.at(now + 6).state == "active"
     await store.record_state("a", ACTIVE)
     assert await store.states() == {}
+
+
+async def test_a_retry_put_back_at_its_creation_keeps_its_place(store: Store) -> None:
+    """A failed delivery scheduled at its own `created_at` (the circuit breaker keeping it
+    in line) is claimed before later ones: the time read back from a claim is exact."""
+    clock.set_clock(lambda: 1795536123.4567891)  # 17 digits: kept only if nothing rounds
+    try:
+        await store.ingest("seq", [ingest_item(1), ingest_item(2)], "2")
+    finally:
+        clock.set_clock(None)
+    now = time.time()
+    (first,) = await store.claim({"a": 1}, now)
+    await store.complete([Outcome(first.id, "retry", 0, now, next_attempt_at=first.created_at)])
+    (again,) = await store.claim({"a": 1}, now)
+    assert again.id == first.id and again.created_at == 1795536123.4567891
