@@ -1,6 +1,6 @@
 """The harness's separate processes: a simulated feed and a fast receiver.
 
-    python bench/servers.py feed --system sequence --events 100000
+    python bench/servers.py feed --system sequence --events 100000 [--subjects 334]
     python bench/servers.py feed --system movida --rate 100 --seconds 30  # after POST /_start
     python bench/servers.py modulo --updates 100000 --codes 2
     python bench/servers.py receiver [--record-ids]
@@ -25,7 +25,9 @@ from feedhook.sim import SimFeed, SimModulo
 async def feed(args: argparse.Namespace) -> None:
     sim = SimFeed(args.system, track_served=args.rate > 0)
     if args.events:
-        sim.add_events(args.events, at=datetime(2026, 1, 1, tzinfo=UTC))
+        sim.add_events(
+            args.events, at=datetime(2026, 1, 1, tzinfo=UTC), subjects=args.subjects or None
+        )
     app = sim.server.app
 
     async def stats(request: web.Request) -> web.Response:
@@ -127,6 +129,7 @@ def main() -> None:
     f.add_argument("--events", type=int, default=0)
     f.add_argument("--rate", type=float, default=0.0)
     f.add_argument("--seconds", type=float, default=0.0)
+    f.add_argument("--subjects", type=int, default=0, help="resources per kind (0: one each)")
     m = commands.add_parser("modulo")
     m.add_argument("--updates", type=int, default=100_000)
     m.add_argument("--codes", type=int, default=2)
