@@ -115,3 +115,24 @@ async def test_a_receiver_down_20s_gets_a_few_requests_then_everything_in_order(
     assert during <= 30, during
     got = [r.webhook_id for r in receiver.ok("down")]
     assert got == [f"seq:{e.id}" for e in sequence_feed.events]
+
+
+async def test_429_retry_after_5_pauses_the_subscription_5s_then_everything(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """`429 Retry-After: 5`: nothing is sent to that subscription for 5 s (the other one
+    flows meanwhile), then everything."""
+    # The first answer a 429; every answer carries the header (a 2xx's is ignored).
+    receiver.answer("busy", 200, headers={"Retry-After": "5"})
+    receiver.plan("busy", [429])
+    cli.write_config(one_feed(sequence_feed, receiver, busy={"max_in_flight": 1}, calm={}))
+    sequence_feed.add_events(30)
+    proc = await cli.start("run")
+    try:
+        await eventually(lambda: len(receiver.ok("busy")) == 30, timeout=30, what="all 30")
+    finally:
+        await cli.stop(proc)
+    busy = [r for r in receiver.received if r.path == "busy"]
+    assert busy[0].status == 429 and len(busy) == 31
+    assert busy[1].at - busy[0].at >= 4.9
+    assert max(r.at for r in receiver.ok("calm")) < busy[0].at + 4  # not held up
