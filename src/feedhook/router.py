@@ -26,6 +26,7 @@ from feedhook.logs import Throttle
 log = logging.getLogger("feedhook.router")
 
 FILTER_ERROR_LOG_INTERVAL = 60.0
+MAX_PLANS = 10_000  # (source, type) pairs remembered
 
 
 class FilterError(Exception):
@@ -72,22 +73,38 @@ class Router:
         # Filter failures since the last `take_filter_errors()`, by subscription.
         self.filter_errors: Counter[str] = Counter()
         self._log_gate = Throttle(FILTER_ERROR_LOG_INTERVAL)
+        # Types and sources depend only on the envelope's source and type: decided once
+        # per (source, type), then only filters are evaluated, and only where there is
+        # one. Bounded: a feed inventing types cannot grow it without limit.
+        self._plans: dict[tuple[str, str], tuple[list[str], tuple[Route, ...]]] = {}
 
     def match(self, envelope: Envelope) -> list[str]:
-        """The names of the subscriptions that receive this envelope."""
-        names = []
-        document: dict[str, Any] | None = None
-        for route in self.routes:
-            if not route.wants(envelope.feedhooksource, envelope.type):
-                continue
-            if route.filter is not None and document is None:
-                document = envelope.to_dict()
+        """The names of the subscriptions that receive this envelope, in config order."""
+        key = (envelope.feedhooksource, envelope.type)
+        plan = self._plans.get(key) or self._plan(*key)
+        names, routes = plan
+        if not routes:  # no filter among them: the same answer for every such event
+            return names.copy()
+        matched = []
+        document = envelope.to_dict()
+        for route in routes:
             try:
-                if route.accepts(document or {}):
-                    names.append(route.name)
+                if route.accepts(document):
+                    matched.append(route.name)
             except FilterError as exc:
                 self._filter_failed(route.name, envelope.id, exc)
-        return names
+        return matched
+
+    def _plan(self, source: str, type: str) -> tuple[list[str], tuple[Route, ...]]:
+        """Who takes events of this source and type: their names when no filter decides,
+        else the routes to ask (a route without a filter always accepts)."""
+        wanting = [route for route in self.routes if route.wants(source, type)]
+        filtered = any(route.filter is not None for route in wanting)
+        plan = ([r.name for r in wanting], tuple(wanting) if filtered else ())
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[(source, type)] = plan
+        return plan
 
     def take_filter_errors(self) -> Counter[str]:
         """The filter failures counted since the last call, by subscription."""

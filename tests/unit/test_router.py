@@ -81,3 +81,38 @@ def test_a_failing_filter_is_no_match_for_that_subscription_only(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "names" in lines[0] and "th:abc" in lines[0], lines
     assert "no match" in lines[0]
+
+
+def test_types_and_sources_are_decided_once_per_source_and_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Globs are matched once per (source, type), not once per event; filters still run
+    on every event, and only where a subscription has one; a feed inventing types
+    cannot grow what is remembered without bound."""
+    router = Router(
+        {
+            **{
+                f"s{i}": sub(types=["sequence.*"] if i % 10 == 0 else ["movida.*"])
+                for i in range(100)
+            },
+            "named": sub(types=["sequence.*"], filter="contains(data.changes, 'name')"),
+        }
+    )
+    looked = 0
+    wants = type(router.routes[0]).wants
+
+    def counting(route: object, source: str, type_: str) -> bool:
+        nonlocal looked
+        looked += 1
+        return wants(route, source, type_)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(router.routes[0]), "wants", counting)
+    for n in range(50):
+        changed = ["name"] if n % 2 else []
+        got = router.match(env("sequence.job.updated", changes=changed))
+        assert len(got) == 10 + (1 if n % 2 else 0)
+    assert looked == len(router.routes)  # one plan, for the first event
+    monkeypatch.setattr("feedhook.router.MAX_PLANS", 5)
+    for n in range(20):
+        router.match(env(f"sequence.x{n}.updated"))
+    assert len(router._plans) <= 5

@@ -31,6 +31,10 @@ T = TypeVar("T")
 # costs about half a megabyte of parsed events; 8 keep the ingest process near 64 MB while
 # catching up at 13-17 thousand events/s (20 pages: 78 MB for 10% more speed).
 READ_AHEAD_PAGES = 8
+# An empty poll that moves no cursor writes nothing (a write transaction per quiet poll
+# was most of what idling cost); the stored "last poll" of a quiet source is refreshed
+# this often.
+QUIET_WRITE = 30.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Poller:
         self.observer = observer
         self.phase = phase
         self.health = SourceHealth(source.name, source.poll_interval)
+        self._written_at: float | None = None  # time.monotonic() of the last write
         retry = backoff.on_exception(
             backoff.expo,
             FeedError,
@@ -145,7 +150,13 @@ class Poller:
                     IngestItem(upstream_id, envelope, router.match(envelope), router.ordered)
                     for (upstream_id, _), envelope in zip(events, enriched.envelopes, strict=True)
                 ]
-                fresh = await self.store.ingest(name, items, batch[-1].cursor, enriched.subjects)
+                if items or batch[-1].cursor != cursor or self._write_due():
+                    fresh = await self.store.ingest(
+                        name, items, batch[-1].cursor, enriched.subjects
+                    )
+                    cursor, self._written_at = batch[-1].cursor, time.monotonic()
+                else:  # an empty poll: nothing to write but the time, kept for later
+                    fresh = []
                 drained_at = None if batch[-1].more else read[-1][1]
                 self._succeeded(batch, fresh, router.take_filter_errors(), drained_at, enriched)
 
@@ -243,6 +254,11 @@ class Poller:
 
         return guarded
 
+    def _write_due(self) -> bool:
+        """Whether an empty poll must still be written: the stored last poll is as old as
+        QUIET_WRITE_INTERVAL, or a failure is stored that this success clears."""
+        return self._written_at is None or time.monotonic() - self._written_at >= QUIET_WRITE
+
     async def _failed(self, details: Any) -> None:
         exc = details.get("exception")
         # Masked before it is kept anywhere: an upstream may echo our credentials back.
@@ -261,3 +277,4 @@ class Poller:
             extra={"source": name},
         )
         await self.store.record_poll_error(name, now, message)
+        self._written_at = None  # the next success is written, clearing the error

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from feedhook.envelope import make_envelope
 from feedhook.sources.base import FeedError, Page
 from feedhook.sources.poller import Poller
@@ -136,3 +138,37 @@ async def test_two_pollers_of_one_source_take_turns() -> None:
     finally:
         second.cancel()
         await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_an_empty_poll_writes_nothing_until_the_quiet_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A quiet feed: each poll is reported, but only the first is written, then one per
+    QUIET_WRITE; a failure is stored and the next success is written, clearing it."""
+    store = MemoryStore()
+    writes: list[str] = []
+    ingest = store.ingest
+
+    async def counting(source: str, items: object, cursor: str, *rest: object) -> object:
+        writes.append(cursor)
+        return await ingest(source, items, cursor, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "ingest", counting)
+    source = ListSource(3, size=10)
+    reports = Reports()
+    poller = Poller(source, store, lambda: router({"all": ["*"]}), reports)  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run())
+    try:
+        await eventually(lambda: len(reports.written) >= 8, timeout=5, what="eight polls")
+        assert writes == ["3"]  # the three events; the quiet polls after it, nothing
+        monkeypatch.setattr("feedhook.sources.poller.QUIET_WRITE", 0.0)
+        await eventually(lambda: len(writes) >= 2, timeout=5, what="the quiet write")
+        monkeypatch.setattr("feedhook.sources.poller.QUIET_WRITE", 3600.0)
+        written = len(writes)
+        source.failures = 1
+        await eventually(lambda: reports.failures != [], timeout=5, what="the failure")
+        await eventually(lambda: len(writes) > written, timeout=5, what="the clearing write")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (await store.status()).sources["seq"].last_error is None
