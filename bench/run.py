@@ -792,9 +792,12 @@ async def scenario_ordering(sizes: dict[str, int], work: Path) -> Result:
     )
 
 
-async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
-    seconds = sizes["latency_seconds"]
-    rate_each = "100"  # 200 events/s across the two feeds
+async def latency(seconds: float, rate: int, target_ms: float, work: Path) -> Result:
+    """Receipt minus the moment the feed first served the page with the event, at `rate`
+    events/s across a Sequence and a Movida feed, in the steady state; and where the
+    slowest 1% spent it (page served -> event stored, stored -> received), read from
+    the outbox afterwards."""
+    rate_each = str(rate // 2)
     async with (
         server("receiver", "--record-ids") as rx,
         server(
@@ -813,7 +816,7 @@ async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
             {"all": subscription(rx, "all", max_in_flight=64)},
         )
         await bridge.start()
-        total = int(200 * seconds)
+        total = int(rate * seconds)
         try:
             await until(bridge.ready, timeout=60, every=0.05)
             await seq.post("/_start")
@@ -822,30 +825,51 @@ async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
         finally:
             await bridge.stop()
         receipts = (await rx.stats())["times"]
-        overheads = []
+        served: dict[str, float] = {}
         for name, feed in (("seq", seq), ("mov", mov)):
-            served = (await feed.stats())["served_at"]
-            overheads += [receipts[f"{name}:{i}"] - t for i, t in served.items()]
+            served |= {f"{name}:{i}": t for i, t in (await feed.stats())["served_at"].items()}
         reference = await raw_latency(f"{rx.url}/raw", 300)
-    overheads.sort()
-    p50, p99 = percentile(overheads, 50), percentile(overheads, 99)
+    with sqlite3.connect(bridge.db) as db:
+        stored = dict(db.execute("SELECT envelope_id, ingested_at FROM events"))
+    overheads = sorted((receipts[k] - t, k) for k, t in served.items())
+    values = [o for o, _ in overheads]
+    p50, p99 = percentile(values, 50), percentile(values, 99)
+    tail = [k for _, k in overheads[int(len(overheads) * 0.99) :]]
+
+    def ms(xs: list[float]) -> float:
+        return round(statistics.median(xs) * 1000, 1)
+
     return Result(
         "latency",
-        f"200 events/s for {seconds:g}s, poll_interval 1s: receipt - page first served",
+        f"{rate:,} events/s for {seconds:g}s, poll_interval 1s: receipt - page first served",
         round(p99 * 1000, 1),
         "ms p99",
         "one plain aiohttp POST round trip, p99",
         round(percentile(sorted(reference), 99) * 1000, 1),
         None,
-        "p99 <= 50 ms",
-        p99 <= 0.050,
+        f"p99 <= {target_ms:g} ms",
+        p99 <= target_ms / 1000,
         {
             "p50_ms": round(p50 * 1000, 1),
-            "max_ms": round(overheads[-1] * 1000, 1),
-            "events": len(overheads),
+            "max_ms": round(values[-1] * 1000, 1),
+            "events": len(values),
             "reference_p50_ms": round(statistics.median(reference) * 1000, 2),
+            # The slowest 1%: how long from the page being served to the event being
+            # stored (poll, parse, write), and from stored to received (wake, claim, send).
+            "tail_served_to_stored_ms": ms([stored[k] - served[k] for k in tail]),
+            "tail_stored_to_received_ms": ms([receipts[k] - stored[k] for k in tail]),
+            "all_served_to_stored_ms": ms([stored[k] - t for k, t in served.items()]),
+            "all_stored_to_received_ms": ms([receipts[k] - stored[k] for k in served]),
         },
     )
+
+
+async def scenario_latency(sizes: dict[str, int], work: Path) -> Result:
+    return await latency(sizes["latency_seconds"], 200, 50, work)
+
+
+async def scenario_latency1000(sizes: dict[str, int], work: Path) -> Result:
+    return await latency(sizes["latency_seconds"], 1000, 100, work)
 
 
 async def drain_rss(n: int, work: Path) -> tuple[float, float]:
@@ -984,6 +1008,7 @@ SCENARIOS = {
     "throughput": scenario_throughput,
     "catchup": scenario_catchup,
     "latency": scenario_latency,
+    "latency1000": scenario_latency1000,
     "memory": scenario_memory,
     "fanout": scenario_fanout,
     "fanout100": scenario_fanout100,
