@@ -19,7 +19,7 @@ from typing import Any
 from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigChanges, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
-from feedhook.delivery.sender import new_session
+from feedhook.delivery.transport import AiohttpTransport, new_session
 from feedhook.health import SourceHealth
 from feedhook.ingest import Ingest
 from feedhook.ingest.child import ChildProcessIngest
@@ -153,7 +153,7 @@ class Worker:
             dispatcher = Dispatcher(
                 self.store,
                 self.config.subscriptions,
-                Sender(session, f"feedhook/{__version__}", self.origin),
+                Sender(AiohttpTransport(session), f"feedhook/{__version__}", self.origin),
                 grace=self.grace,
                 metrics=self.metrics,
             )

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from feedhook import __version__, logs
 from feedhook.config import SubscriptionConfig, redact_url
 from feedhook.delivery.dispatcher import Lane
-from feedhook.delivery.sender import Sender, new_session
+from feedhook.delivery.sender import Sender
+from feedhook.delivery.transport import AiohttpTransport, new_session
 from feedhook.envelope import make_envelope
 
 
@@ -24,7 +25,7 @@ async def send_test(name: str, config: SubscriptionConfig) -> int:
     )
     lane = Lane.build(name, config)
     async with new_session() as session:
-        result = await Sender(session, f"feedhook/{__version__}").attempt(
+        result = await Sender(AiohttpTransport(session), f"feedhook/{__version__}").attempt(
             config.url, envelope.id, envelope.body, lane.signer, config.headers, config.timeout
         )
     where = redact_url(config.url, query=True)

@@ -11,8 +11,9 @@ from feedhook.config import SubscriptionConfig
 from feedhook.delivery import Dispatcher
 from feedhook.delivery.guard import Guard
 from feedhook.delivery.policy import AttemptResult
-from feedhook.delivery.sender import Sender, new_session
+from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
+from feedhook.delivery.transport import AiohttpTransport, new_session
 from feedhook.sim import Receiver as SimReceiver
 from feedhook.store import MemoryStore
 
@@ -183,7 +184,7 @@ async def test_the_cloudevents_handshake_comes_first_and_its_answer_is_obeyed(
         name: sub(receiver.url(name), handshake="cloudevents") for name in ("polite", "refusing")
     }
     async with new_session() as session:
-        sender = Sender(session, "feedhook/test", origin="feedhook.test")
+        sender = Sender(AiohttpTransport(session), "feedhook/test", origin="feedhook.test")
         dispatcher = Dispatcher(store, config, sender, grace=1.0)
         running = asyncio.create_task(dispatcher.run())
         try:

@@ -1,0 +1,127 @@
+"""The transport contract, against real local servers: redirects are not followed, the
+timeout bounds the exchange, answers are read up to a cap, connections are reused,
+TLS is verified, and no answer is a TransportError that says why."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from feedhook.delivery.transport import (
+    READ_LIMIT,
+    AiohttpTransport,
+    Transport,
+    TransportError,
+    new_session,
+)
+
+from conftest import free_port
+
+
+class Server:
+    def __init__(self) -> None:
+        self.peers: set[object] = set()
+        app = web.Application()
+        app.router.add_post("/ok", self.ok)
+        app.router.add_post("/moved", self.moved)
+        app.router.add_post("/slow", self.slow)
+        app.router.add_post("/big", self.big)
+        self.app = app
+
+    async def ok(self, request: web.Request) -> web.Response:
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(text="fine", headers={"Retry-After": "7"})
+
+    async def moved(self, request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/ok"})
+
+    async def slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response()
+
+    async def big(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (READ_LIMIT * 4))
+
+
+async def serve(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    scheme = "https" if ssl_context else "http"
+    return runner, f"{scheme}://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[Transport]:
+    async with new_session() as session:
+        yield AiohttpTransport(session)
+
+
+async def test_the_contract(transport: Transport) -> None:
+    server = Server()
+    runner, base = await serve(server.app)
+    try:
+        for _ in range(5):
+            answer = await transport.request("POST", f"{base}/ok", {}, b"{}", 5)
+            assert (answer.status, answer.body, answer.headers["retry-after"]) == (
+                200,
+                b"fine",
+                "7",
+            )
+        assert len(server.peers) == 1  # one connection, kept alive
+        moved = await transport.request("POST", f"{base}/moved", {}, b"{}", 5)
+        assert moved.status == 302 and moved.headers["Location"] == "/ok"  # not followed
+        big = await transport.request("POST", f"{base}/big", {}, b"{}", 5)
+        assert 0 < len(big.body) <= READ_LIMIT  # what had arrived, never the whole 256 KB
+        with pytest.raises(TransportError, match="timeout"):
+            await transport.request("POST", f"{base}/slow", {}, b"{}", 0.2)
+    finally:
+        await runner.cleanup()
+    with pytest.raises(TransportError, match="cannot connect"):
+        await transport.request("POST", f"http://127.0.0.1:{free_port()}/", {}, b"{}", 5)
+
+
+async def test_tls_is_verified(transport: Transport, tmp_path: Path) -> None:
+    """A receiver with a certificate nobody vouches for gets no request."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    runner, base = await serve(Server().app, context)
+    try:
+        with pytest.raises(TransportError, match=r"(?i)certificate|ssl"):
+            await transport.request("POST", f"{base}/ok", {}, b"{}", 5)
+    finally:
+        await runner.cleanup()
