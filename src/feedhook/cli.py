@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from feedhook import __version__, logs
@@ -114,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=_duration_arg, default=5.0, help="spread them over (default 5s)"
     )
 
+    sim = commands.add_parser(
+        "sim", help="serve simulated Sequence, Movida, TeamHub, Modulo and a receiver"
+    )
+    sim.add_argument("--port-base", type=int, default=9100, help="first of 5 ports (9100)")
+    sim.add_argument("--rate", type=float, default=1.0, help="events per second (1)")
+    sim.add_argument("--faults", action="store_true", help="now and then, a feed fails")
+    sim.add_argument("-o", "--output", help="write the hooks.yaml here (default: print it)")
+
     send_test = with_config(
         commands.add_parser("send-test", help="send one signed test event to a subscription")
     )
@@ -154,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dlq": cmd_dlq,
         "replay": cmd_replay,
         "demo": cmd_demo,
+        "sim": cmd_sim,
         "healthcheck": cmd_healthcheck,
         "prune": cmd_prune,
         "send-test": cmd_send_test,
@@ -597,6 +607,20 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"{name} was already disabled; nothing changed ({pending:,} pending)")
     return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.sim.playground import run_sim
+
+    if not 1 <= args.port_base <= 65531:
+        raise UsageError("--port-base: a port from 1 to 65531 (five ports from it are used)")
+    if not 0 < args.rate <= 10_000:
+        raise UsageError("--rate: events per second, more than 0 and at most 10000")
+    output = Path(args.output) if args.output else None
+    try:
+        return run_async(run_sim(args.port_base, args.rate, args.faults, output))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,113 +4,31 @@ and the real bridge between them."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import json
 import os
-import secrets
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from feedhook.app import Worker, signal_handlers
 from feedhook.config import parse_config
 from feedhook.delivery.signing import Signer
-from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
+from feedhook.sim import Receiver
+from feedhook.sim.playground import (
+    SUBSCRIPTIONS,
+    Upstreams,
+    hooks_config,
+    new_secret,
+    signed_ok,
+)
 from feedhook.sim.receiver import Received
 from feedhook.store import Store, open_store
 
-SUBSCRIPTIONS: dict[str, dict[str, Any]] = {
-    "everything": {"types": ["*"]},
-    "jobs": {"types": ["sequence.job.*"]},
-    "titles": {"types": ["movida.title.*", "movida.title_metadata.*"]},
-    "status-changes": {
-        "types": ["sequence.*.updated"],
-        # data.diff: what feedhook saw change in the subject, status included (which
-        # Sequence's `changes` never lists for a job); absent the first time.
-        "filter": "contains(keys(data.diff || `{}`), 'status')",
-    },
-    "builds": {"types": ["teamhub.build.*"]},
-    "risk-progress": {"types": ["modulo.event.*"], "filter": "data.property == 'Progress'"},
-}
-FAST = {"poll_interval": "200ms", "start": "earliest", "rate_limit": "1000/1s"}
-MODULO_CODE = "EVTC201105000052"
-TEAMHUB_KINDS = [("push", "created"), ("build", "completed"), ("repository", "created")]
-MODULO_ACTIONS = [0, 13, 5, 1]
-
-
-class Upstreams:
-    """The four simulated systems and the ids of what they have published."""
-
-    def __init__(self) -> None:
-        self.sequence = SimFeed("sequence")
-        self.movida = SimFeed("movida")
-        self.teamhub = SimTeamHub()
-        self.modulo = SimModulo()
-        self.created: dict[str, float] = {}  # envelope id -> when it was published
-
-    async def start(self) -> None:
-        for sim in (self.sequence, self.movida, self.teamhub, self.modulo):
-            await sim.start()
-
-    async def stop(self) -> None:
-        for sim in (self.sequence, self.movida, self.teamhub, self.modulo):
-            await sim.stop()
-
-    def sources(self) -> dict[str, dict[str, Any]]:
-        digest = {"username": "robot_user", "password": "secret"}
-        return {
-            "sequence-demo": {
-                "kind": "sequence",
-                "url": self.sequence.api_url,
-                "enrich": {"types": ["*"]},  # fetch each event's subject, say what changed
-                **digest,
-                **FAST,
-            },
-            "movida-demo": {"kind": "movida", "url": self.movida.api_url, **digest, **FAST},
-            "teamhub-demo": {
-                "kind": "teamhub",
-                "url": self.teamhub.api_url,
-                "company_key": self.teamhub.company_key,
-                "account_key": self.teamhub.account_key,
-                **FAST,
-            },
-            "modulo-demo": {
-                "kind": "modulo",
-                "url": self.modulo.ws_url,
-                "event_codes": [MODULO_CODE],
-                "token_url": self.modulo.token_url,
-                "client_id": self.modulo.client_id,
-                "client_secret": self.modulo.client_secret,
-                **FAST,
-            },
-        }
-
-    def publish(self, n: int) -> None:
-        """The n-th event of the demo, taking turns among the four systems."""
-        now = time.time()
-        turn = n % 4
-        if turn == 0:
-            (event,) = self.sequence.add_events(1, subjects=2)  # subjects seen again
-            self.created[f"sequence-demo:{event.id}"] = now
-        elif turn == 1:
-            (event,) = self.movida.add_events(1)
-            self.created[f"movida-demo:{event.id}"] = now
-        elif turn == 2:
-            target, operation = TEAMHUB_KINDS[(n // 4) % len(TEAMHUB_KINDS)]
-            (item,) = self.teamhub.add_events(1, target=target, operation=operation)
-            self.created[f"teamhub-demo:{item['id']}"] = now
-        else:
-            action = MODULO_ACTIONS[(n // 4) % len(MODULO_ACTIONS)]
-            (update,) = self.modulo.add_updates(MODULO_CODE, 1, action=action)
-            self.created[f"modulo-demo:{update['Id']}"] = now
-
 
 async def run_demo(events: int, duration: float) -> int:
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    secret = new_secret()
     signer = Signer([secret])
     upstreams, receiver = Upstreams(), Receiver()
     await upstreams.start()
@@ -123,10 +41,7 @@ async def run_demo(events: int, duration: float) -> int:
         envelope = json.loads(record.body)
         latency = record.at - upstreams.created.get(record.webhook_id, record.at)
         latencies[record.path].append(latency)
-        expected = signer.sign(
-            record.webhook_id, int(record.headers["webhook-timestamp"]), record.body
-        )
-        good = hmac.compare_digest(expected, record.headers.get("webhook-signature", ""))
+        good = signed_ok(signer, record)
         verified[record.path] += good
         print(
             f"  {record.at - started:6.2f}s  {envelope['type']:<38} -> {record.path:<14}"
@@ -135,14 +50,7 @@ async def run_demo(events: int, duration: float) -> int:
         )
 
     receiver.listeners.append(show)
-    raw = {
-        "sources": upstreams.sources(),
-        "subscriptions": {
-            name: {**spec, "url": receiver.url(name), "secret": secret}
-            for name, spec in SUBSCRIPTIONS.items()
-        },
-    }
-    config = parse_config(raw, "demo")
+    config = parse_config(hooks_config(upstreams, receiver, secret), "demo")
     print(f"feedhook demo: {events} events over {duration:g}s from four simulated systems")
     print(f"  sequence  {upstreams.sequence.api_url}  (JSON, Digest auth)")
     print(f"  movida    {upstreams.movida.api_url}  (XML, Digest auth)")
