@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from feedhook.app import Worker
-from feedhook.report import dead_letter_document
+from feedhook.report import dead_letter_document, trace_document
 from feedhook.settings import Settings
 
 log = logging.getLogger("feedhook.admin")
@@ -180,6 +180,14 @@ async def api_purge_one(request: web.Request) -> web.Response:
     return _json({"purged": 1})
 
 
+async def api_event(request: web.Request) -> web.Response:
+    envelope_id = request.match_info["id"]
+    trace = await _worker(request).trace(envelope_id)
+    if trace is None:
+        return _error(404, f"no event {envelope_id} is stored")
+    return _json(trace_document(trace))
+
+
 async def api_subscription_state(request: web.Request) -> web.Response:
     name, action = request.match_info["name"], request.match_info["action"]
     try:
@@ -211,6 +219,7 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
         app.router.add_post("/api/dead-letters/{id}/replay", api_replay_one)
         app.router.add_delete("/api/dead-letters/{id}", api_purge_one)
         app.router.add_post("/api/reload", api_reload)
+        app.router.add_get("/api/events/{id}", api_event)
         app.router.add_post(
             "/api/subscriptions/{name}/{action:disable|enable}", api_subscription_state
         )

@@ -33,6 +33,7 @@ from feedhook.store.base import (
     PruneResult,
     Store,
     StoreError,
+    Trace,
 )
 
 log = logging.getLogger("feedhook")
@@ -293,6 +294,9 @@ class Worker:
         """Dead letters back into the outbox with a fresh budget; the store wakes the
         dispatcher, so they go out within a moment."""
         return await self.store.replay_dead(ids, subscription, clock.now())
+
+    async def trace(self, envelope_id: str) -> Trace | None:
+        return await self.store.trace(envelope_id)
 
     async def purge_dead(self, ids: list[int]) -> int:
         return await self.store.purge_dead(ids, None)

@@ -25,7 +25,7 @@ from feedhook.config import (
     redact_url,
 )
 from feedhook.process import run_async, tune_gc
-from feedhook.report import dead_letter_document, status_document
+from feedhook.report import dead_letter_document, status_document, trace_document
 from feedhook.settings import Settings, SettingsError, load_settings
 from feedhook.store import (
     PruneResult,
@@ -36,7 +36,7 @@ from feedhook.store import (
     open_store,
     sqlite_path,
 )
-from feedhook.store.base import DISABLED_BY_OPERATOR
+from feedhook.store.base import DISABLED_BY_OPERATOR, Trace
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--all", action="store_true", help="every stored event that matches")
 
+    trace = commands.add_parser("trace", help="did event X reach Y? every attempt of one event")
+    trace.add_argument("envelope_id", metavar="ENVELOPE_ID")
+    trace.add_argument("--json", action="store_true", help="machine-readable output")
+
     with_config(commands.add_parser("prune", help="remove finished work past its retention, once"))
 
     commands.add_parser(
@@ -164,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
         "demo": cmd_demo,
         "sim": cmd_sim,
+        "trace": cmd_trace,
         "healthcheck": cmd_healthcheck,
         "prune": cmd_prune,
         "send-test": cmd_send_test,
@@ -606,6 +611,38 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         print(f"{name} was already disabled; nothing changed ({pending:,} pending)")
+    return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
+    async def read() -> Trace | None:
+        async with _open_existing(settings) as store:
+            return await store.trace(args.envelope_id)
+
+    trace = asyncio.run(read())
+    if trace is None:
+        print(
+            f"feedhook: no event {args.envelope_id} is stored (ids are <source>:<upstream id>;"
+            " pruned events are gone)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    document = trace_document(trace)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"{document['envelope_id']}  {document['type']}")
+    print(f"  stored {_when(document['ingested_at'])}")
+    if not document["subscriptions"]:
+        print("  routed to no subscription")
+    for name, d in document["subscriptions"].items():
+        due = f", due {_when(d['next_attempt_at'])}" if d["next_attempt_at"] else ""
+        print(f"  {name}: {d['state']}{due}")
+        for a in d["attempts"]:
+            status = a["status_code"] if a["status_code"] is not None else "no answer"
+            took = f" in {a['duration_ms']} ms" if a["duration_ms"] is not None else ""
+            why = f": {a['error']}" if a["error"] else ""
+            print(f"    {_when(a['at'])}  {status}{took}  {a['outcome']}{why}")
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from feedhook.config import Config
 from feedhook.health import SourceHealth
 from feedhook.logs import redact
-from feedhook.store.base import ACTIVE, DeadLetter, Status, Storage, SubscriptionState
+from feedhook.store.base import ACTIVE, DeadLetter, Status, Storage, SubscriptionState, Trace
 
 
 def _iso(ts: float | None) -> str | None:
@@ -97,3 +97,32 @@ def dead_letter_document(letter: DeadLetter, with_event: bool = False) -> dict[s
     if with_event and letter.body is not None:
         out["event"] = json.loads(letter.body)
     return out
+
+
+def trace_document(trace: Trace) -> dict[str, Any]:
+    """An event and, per subscription, its state and every attempt (`feedhook trace`,
+    GET /api/events/{id})."""
+    return {
+        "envelope_id": trace.event.envelope_id,
+        "source": trace.event.source,
+        "type": trace.event.type,
+        "ingested_at": _iso(trace.ingested_at),
+        "subscriptions": {
+            d.subscription: {
+                "state": d.state,
+                "next_attempt_at": _iso(d.next_attempt_at),
+                "attempts": [
+                    {
+                        "at": _iso(a.at),
+                        "status_code": a.status,
+                        "duration_ms": None if a.duration is None else round(a.duration * 1000, 1),
+                        "outcome": a.outcome,
+                        "error": None if a.error is None else redact(a.error),
+                    }
+                    for a in d.attempts
+                ],
+            }
+            for d in trace.deliveries
+        },
+        "event": json.loads(trace.event.body),
+    }

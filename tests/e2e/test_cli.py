@@ -416,3 +416,32 @@ async def test_read_only_commands_load_no_http_client_and_no_feed(cli: Cli) -> N
         modules = {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()}
         assert not {m for m in modules if m.split(".")[0] == "aiohttp"}, args
         assert not {m for m in modules if m.startswith("feedhook.sources")}, args
+
+
+async def test_trace_tells_whether_an_event_reached_each_subscription(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """`feedhook trace`: one event, per subscription every attempt with its status,
+    duration and outcome; --json the same; an unknown id exits 1 and says so."""
+    receiver.plan("flaky", [503, 503])
+    receiver.answer("strict", 400)
+    cli.write_config(one_feed(sequence_feed, receiver, flaky={}, strict={}))
+    sequence_feed.add_events(1)
+    proc = await cli.start("run")
+    try:
+        await eventually(lambda: len(receiver.ok("flaky")) == 1, what="the third attempt")
+        await cli.until_idle()
+    finally:
+        await cli.stop(proc)
+    code, out, err = await cli.run("trace", "seq:1")
+    assert code == 0, err
+    assert "flaky: delivered" in out and "strict: dead" in out
+    assert out.count(" 503 in ") == 2 and " 200 in " in out and " 400 in " in out
+    code, out, _ = await cli.run("trace", "seq:1", "--json")
+    doc = json.loads(out)
+    flaky = doc["subscriptions"]["flaky"]["attempts"]
+    assert [a["outcome"] for a in flaky] == ["retry", "retry", "delivered"]
+    assert all(a["duration_ms"] is not None for a in flaky)
+    assert doc["event"]["id"] == "seq:1"
+    code, _, err = await cli.run("trace", "seq:999")
+    assert code == 1 and "no event seq:999 is stored" in err

@@ -376,3 +376,20 @@ async def test_subscriptions_are_disabled_and_enabled_through_the_api(
         assert status == 404
         status, _ = await admin.call("POST", "/api/subscriptions/ops/disable", token=None)
         assert status == 401
+
+
+async def test_an_event_is_traced_through_the_api(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """GET /api/events/{id}: what `feedhook trace --json` prints; 404 when not stored."""
+    sequence_feed.add_events(1)
+    async with admin_for(tmp_path, one_feed(sequence_feed, receiver, ops={})) as admin:
+        await eventually(lambda: len(receiver.ok("ops")) == 1, what="the delivery")
+        await admin.worker.until_idle()
+        status, doc = await admin.call("GET", "/api/events/seq:1")
+        assert status == 200 and doc["subscriptions"]["ops"]["state"] == "delivered"
+        assert [a["status_code"] for a in doc["subscriptions"]["ops"]["attempts"]] == [200]
+        status, _ = await admin.call("GET", "/api/events/seq:2")
+        assert status == 404
+        status, _ = await admin.call("GET", "/api/events/seq:1", token=None)
+        assert status == 401

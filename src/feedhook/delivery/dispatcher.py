@@ -338,6 +338,7 @@ class Dispatcher:
                     status_code=result.status,
                     reason=decision.reason,
                     response_body=result.body if decision.kind == "dead" else None,
+                    duration=result.duration,
                 )
             )
             meters = lane.meters

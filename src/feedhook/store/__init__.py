@@ -8,8 +8,10 @@ scheme picks the implementation: a file path or `sqlite:///path` is SQLite (one
 from feedhook.store.base import (
     ACTIVE,
     DEFAULT_LEASE,
+    Attempt,
     DeadLetter,
     Delivery,
+    DeliveryTrace,
     IngestItem,
     Outcome,
     PruneResult,
@@ -23,6 +25,7 @@ from feedhook.store.base import (
     Subject,
     SubscriptionCounts,
     SubscriptionState,
+    Trace,
 )
 from feedhook.store.memory import MemoryDatabase, MemoryStore
 from feedhook.store.sqlite import SqliteStore
@@ -62,8 +65,10 @@ def open_store(url: str, *, holder: bool = False, lease: float = DEFAULT_LEASE) 
 
 __all__ = [
     "ACTIVE",
+    "Attempt",
     "DeadLetter",
     "Delivery",
+    "DeliveryTrace",
     "IngestItem",
     "MemoryDatabase",
     "MemoryStore",
@@ -80,6 +85,7 @@ __all__ = [
     "Subject",
     "SubscriptionCounts",
     "SubscriptionState",
+    "Trace",
     "open_store",
     "sqlite_path",
 ]

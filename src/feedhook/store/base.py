@@ -67,6 +67,37 @@ class Outcome:
     status_code: int | None = None
     reason: str | None = None
     response_body: str | None = None
+    duration: float | None = None  # seconds the attempt took
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a delivery as `trace` tells it: when it ended, the receiver's
+    status (None: no answer), how long it took, what came of it and why."""
+
+    at: float
+    status: int | None
+    duration: float | None
+    outcome: Literal["delivered", "retry", "dead"]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTrace:
+    """What became of one event for one subscription: its state now, when it is due
+    (pending), and every attempt, oldest first."""
+
+    subscription: str
+    state: str
+    next_attempt_at: float | None
+    attempts: list[Attempt]
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    event: StoredEvent
+    ingested_at: float
+    deliveries: list[DeliveryTrace]
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +395,12 @@ class Store(Protocol):
     ) -> list[StoredEvent]:
         """A page of stored events in ingest order after row `after`, narrowed by the
         filters given (envelope ids, source, a type glob, ingested since)."""
+        ...
+
+    async def trace(self, envelope_id: str) -> Trace | None:
+        """An event by its envelope id, and for each subscription it was routed to, every
+        attempt: the failed ones as recorded by `complete`, and the delivery itself when
+        it succeeded. None when no such event is stored (or it was pruned)."""
         ...
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:

@@ -21,8 +21,10 @@ from feedhook import clock
 from feedhook.envelope import sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
+    Attempt,
     DeadLetter,
     Delivery,
+    DeliveryTrace,
     IngestItem,
     Outcome,
     PruneResult,
@@ -34,6 +36,7 @@ from feedhook.store.base import (
     Subject,
     SubscriptionCounts,
     SubscriptionState,
+    Trace,
     new_owner,
 )
 
@@ -66,6 +69,8 @@ class _Delivery:
     owner: str | None = None
     lease_until: float | None = None
     ordering_key: str | None = None  # its event's subject, for an ordered subscription
+    last_duration: float | None = None
+    failures: list[Attempt] = field(default_factory=list)  # failed attempts, for `trace`
 
 
 @dataclass
@@ -349,6 +354,9 @@ class MemoryStore:
                 d.next_attempt_at = o.next_attempt_at
             d.last_status = o.status_code
             d.last_error = None if o.kind == "delivered" else o.reason
+            d.last_duration = o.duration
+            if o.kind != "delivered":
+                d.failures.append(Attempt(o.at, o.status_code, o.duration, o.kind, o.reason))
             if o.kind == "dead":
                 event = db.events[d.event_id]
                 letter = DeadLetter(
@@ -494,6 +502,24 @@ class MemoryStore:
             if len(out) == limit:
                 break
         return out
+
+    async def trace(self, envelope_id: str) -> Trace | None:
+        source, _, upstream_id = envelope_id.partition(":")
+        event_id = self.database.event_keys.get((source, upstream_id))
+        if event_id is None:
+            return None
+        e = self.database.events[event_id]
+        deliveries = []
+        for d in sorted(self.database.deliveries.values(), key=lambda d: d.id):
+            if d.event_id != event_id:
+                continue
+            attempts = list(d.failures)
+            if d.state == "delivered":
+                attempts.append(Attempt(d.updated_at, d.last_status, d.last_duration, "delivered"))
+            due = d.next_attempt_at if d.state == "pending" else None
+            deliveries.append(DeliveryTrace(d.subscription, d.state, due, attempts))
+        event = StoredEvent(e.id, e.envelope_id, e.source, e.type, e.body)
+        return Trace(event, e.ingested_at, deliveries)
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         db, queued = self.database, 0

@@ -30,8 +30,10 @@ from feedhook import clock
 from feedhook.envelope import encode, sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
+    Attempt,
     DeadLetter,
     Delivery,
+    DeliveryTrace,
     IngestItem,
     Outcome,
     PruneResult,
@@ -44,6 +46,7 @@ from feedhook.store.base import (
     Subject,
     SubscriptionCounts,
     SubscriptionState,
+    Trace,
     new_owner,
 )
 
@@ -163,6 +166,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_ordered ON deliveries (subscription, ordering_key, id)
         WHERE ordering_key IS NOT NULL AND state IN ('pending', 'in_flight');
     ALTER TABLE sources ADD COLUMN sequence BIGINT NOT NULL DEFAULT 0;
+    """,
+    # `feedhook trace`: every failed attempt (a success is the delivery row itself, so
+    # the hot path writes nothing more), and how long the last attempt took.
+    """
+    CREATE TABLE attempts (
+        delivery_id BIGINT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+        at DOUBLE PRECISION NOT NULL,
+        status INTEGER,
+        duration DOUBLE PRECISION,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+    ALTER TABLE deliveries ADD COLUMN last_duration DOUBLE PRECISION;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -834,11 +851,15 @@ class PostgresStore:
         await self._run(
             lambda c: c.execute(
                 "WITH o AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[],"
-                " $4::float8[], $5::float8[], $6::int[], $7::text[], $8::text[])"
-                " WITH ORDINALITY AS o(id, kind, attempts, at, next_at, status, reason,"
-                " body, n)),"
+                " $4::float8[], $5::float8[], $6::int[], $7::text[], $8::text[],"
+                " $10::float8[]) WITH ORDINALITY AS o(id, kind, attempts, at, next_at,"
+                " status, reason, body, duration, n)),"
+                " failed AS (INSERT INTO attempts (delivery_id, at, status, duration,"
+                " outcome, error) SELECT id, at, status, duration, kind, reason FROM o"
+                " WHERE kind != 'delivered'),"
                 " done AS (UPDATE deliveries d SET state = CASE WHEN o.kind = 'retry' THEN"
                 " 'pending' ELSE o.kind END, attempts = o.attempts, updated_at = o.at,"
+                " last_duration = o.duration,"
                 " next_attempt_at = coalesce(o.next_at, d.next_attempt_at),"
                 " last_status = o.status, last_error = CASE WHEN o.kind = 'delivered'"
                 " THEN NULL ELSE o.reason END, owner = NULL, lease_until = NULL"
@@ -859,6 +880,7 @@ class PostgresStore:
                 [o.reason for o in outcomes],
                 [o.response_body for o in outcomes],
                 self.owner,
+                [o.duration for o in outcomes],
             )
         )
 
@@ -1100,6 +1122,43 @@ class PostgresStore:
             )
         )
         return [StoredEvent(*r) for r in rows]
+
+    async def trace(self, envelope_id: str) -> Trace | None:
+        source, _, upstream_id = envelope_id.partition(":")
+
+        async def read(conn: Any) -> Trace | None:
+            e = await conn.fetchrow(
+                "SELECT id, envelope_id, source, type, body, ingested_at FROM events"
+                " WHERE source = $1 AND upstream_id = $2",
+                source,
+                upstream_id,
+            )
+            if e is None:
+                return None
+            deliveries = await conn.fetch(
+                "SELECT id, subscription, state, next_attempt_at, updated_at, last_status,"
+                " last_duration FROM deliveries WHERE event_id = $1 ORDER BY id",
+                e["id"],
+            )
+            failures = await conn.fetch(
+                "SELECT delivery_id, at, status, duration, outcome, error FROM attempts"
+                " WHERE delivery_id = ANY($1::bigint[]) ORDER BY at",
+                [d["id"] for d in deliveries],
+            )
+            traced = []
+            for d in deliveries:
+                attempts = [Attempt(*f[1:]) for f in failures if f[0] == d["id"]]
+                if d["state"] == "delivered":
+                    attempts.append(
+                        Attempt(d["updated_at"], d["last_status"], d["last_duration"], "delivered")
+                    )
+                due = d["next_attempt_at"] if d["state"] == "pending" else None
+                traced.append(DeliveryTrace(d["subscription"], d["state"], due, attempts))
+            event = StoredEvent(e["id"], e["envelope_id"], e["source"], e["type"], e["body"])
+            return Trace(event, e["ingested_at"], traced)
+
+        traced: Trace | None = await self._run(read)
+        return traced
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         async def enqueue(conn: Any) -> int:

@@ -36,8 +36,10 @@ from feedhook import clock
 from feedhook.envelope import encode, sequenced
 from feedhook.store.base import (
     DEFAULT_LEASE,
+    Attempt,
     DeadLetter,
     Delivery,
+    DeliveryTrace,
     IngestItem,
     Outcome,
     PruneResult,
@@ -49,6 +51,7 @@ from feedhook.store.base import (
     Subject,
     SubscriptionCounts,
     SubscriptionState,
+    Trace,
     new_owner,
 )
 
@@ -199,6 +202,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_ordered ON deliveries (subscription, ordering_key, id)
         WHERE ordering_key IS NOT NULL AND state IN ('pending', 'in_flight');
     ALTER TABLE sources ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;
+    """,
+    # `feedhook trace`: every failed attempt (a success is the delivery row itself, so
+    # the hot path writes nothing more), and how long the last attempt took.
+    """
+    CREATE TABLE attempts (
+        delivery_id INTEGER NOT NULL,
+        at REAL NOT NULL,
+        status INTEGER,
+        duration REAL,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
+    ALTER TABLE deliveries ADD COLUMN last_duration REAL;
+    CREATE TRIGGER attempts_pruned AFTER DELETE ON deliveries BEGIN
+        DELETE FROM attempts WHERE delivery_id = OLD.id;
+    END;
     """,
 )
 
@@ -836,26 +856,37 @@ class SqliteStore:
                 o.next_attempt_at,
                 o.status_code,
                 None if o.kind == "delivered" else o.reason,
+                o.duration,
             )
             for o in outcomes
         ]
         dead = [o for o in outcomes if o.kind == "dead"]
+        failed = [row for row in rows if row[1] != "delivered"]
         update = (
             "UPDATE deliveries SET state = iif(o.value ->> 1 = 'retry', 'pending', o.value ->> 1),"
             " attempts = o.value ->> 2, updated_at = o.value ->> 3,"
             " next_attempt_at = coalesce(o.value ->> 4, deliveries.next_attempt_at),"
-            " last_status = o.value ->> 5, last_error = o.value ->> 6"
+            " last_status = o.value ->> 5, last_error = o.value ->> 6,"
+            " last_duration = o.value ->> 7"
             " FROM json_each(?) AS o WHERE deliveries.id = o.value ->> 0"
             # Only claims still ours: one whose lease ran out may be another's by now.
             " AND deliveries.state = 'in_flight' AND deliveries.owner = ?"
         )
         params = (_json(rows), self.owner)
-        if not dead:  # the hot path: one statement is its own transaction
+        if not failed:  # the hot path: one statement is its own transaction
             async with self._lock:
                 await self.db.execute(update, params)
             return
         async with self._transaction() as db:
             await db.execute(update, params)
+            await db.execute(
+                "INSERT INTO attempts (delivery_id, at, status, duration, outcome, error)"
+                " SELECT o.value ->> 0, o.value ->> 3, o.value ->> 5, o.value ->> 7,"
+                " o.value ->> 1, o.value ->> 6 FROM json_each(?) AS o",
+                (_json(failed),),
+            )
+            if not dead:
+                return
             await db.executemany(
                 "INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"
                 " attempts, status_code, reason, response_body, failed_at)"
@@ -1129,6 +1160,37 @@ class SqliteStore:
             (*params, limit),
         )
         return [StoredEvent(*row) for row in rows]
+
+    async def trace(self, envelope_id: str) -> Trace | None:
+        """See Store.trace. Reads: no lock is taken."""
+        source, _, upstream_id = envelope_id.partition(":")
+        rows = await self.db.execute_fetchall(
+            "SELECT id, envelope_id, source, type, body, ingested_at FROM events"
+            " WHERE source = ? AND upstream_id = ?",
+            (source, upstream_id),
+        )
+        if not rows:
+            return None
+        (event_id, *stored, ingested_at) = rows[0]
+        deliveries = await self.db.execute_fetchall(
+            "SELECT id, subscription, state, next_attempt_at, updated_at, last_status,"
+            " last_duration FROM deliveries WHERE event_id = ? ORDER BY id",
+            (event_id,),
+        )
+        failures = await self.db.execute_fetchall(
+            "SELECT delivery_id, at, status, duration, outcome, error FROM attempts"
+            " WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)"
+            " ORDER BY at",
+            (event_id,),
+        )
+        traced = []
+        for d_id, subscription, state, due, updated_at, status, duration in deliveries:
+            attempts = [Attempt(*row[1:]) for row in failures if row[0] == d_id]
+            if state == "delivered":
+                attempts.append(Attempt(updated_at, status, duration, "delivered"))
+            waiting = due if state == "pending" else None
+            traced.append(DeliveryTrace(subscription, state, waiting, attempts))
+        return Trace(StoredEvent(event_id, *stored), ingested_at, traced)
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         """Queue these stored events for a subscription again, on purpose (a new

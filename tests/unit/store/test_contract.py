@@ -486,3 +486,34 @@ async def test_a_retry_put_back_at_its_creation_keeps_its_place(store: Store) ->
     await store.complete([Outcome(first.id, "retry", 0, now, next_attempt_at=first.created_at)])
     (again,) = await store.claim({"a": 1}, now)
     assert again.id == first.id and again.created_at == 1795536123.4567891
+
+
+async def test_a_trace_tells_every_attempt_for_every_subscription(store: Store) -> None:
+    """`trace`: the event, and per subscription its state and attempts, oldest first:
+    failed ones as recorded, the successful one from the delivery; unknown ids are None."""
+    await store.ingest("seq", [ingest_item(1, ("a", "b"))], "1")
+    now = time.time()
+    first = {d.subscription: d for d in await store.claim({"a": 1, "b": 1}, now)}
+    await store.complete(
+        [
+            Outcome(first["a"].id, "retry", 1, now + 1, now + 1, 503, "HTTP 503", duration=0.5),
+            Outcome(first["b"].id, "dead", 1, now + 1, None, 400, "HTTP 400", duration=0.2),
+        ]
+    )
+    (again,) = await store.claim({"a": 1}, now + 2)
+    await store.complete(
+        [Outcome(again.id, "delivered", 2, now + 3, status_code=200, duration=0.1)]
+    )
+    trace = await store.trace("seq:1")
+    assert trace is not None and trace.event.envelope_id == "seq:1"
+    by = {d.subscription: d for d in trace.deliveries}
+    assert [(x.outcome, x.status, x.at) for x in by["a"].attempts] == [
+        ("retry", 503, now + 1),
+        ("delivered", 200, now + 3),
+    ]
+    assert by["a"].state == "delivered" and by["a"].attempts[0].error == "HTTP 503"
+    assert by["a"].attempts[1].duration == 0.1
+    assert [(x.outcome, x.status) for x in by["b"].attempts] == [("dead", 400)]
+    assert by["b"].state == "dead"
+    assert await store.trace("seq:404") is None
+    assert await store.trace("nonsense") is None
