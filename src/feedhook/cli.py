@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         with_config(subscription_commands.add_parser(action, help=text)).add_argument("name")
 
+    commands.add_parser("schema", help="print the JSON Schema of hooks.yaml (for editors)")
+
     keys = commands.add_parser("keys", help="ed25519 keys for v1a signatures")
     keys.add_subparsers(dest="keys_command", required=True).add_parser(
         "generate", help="print a new whsk_ signing key and its whpk_ public key"
@@ -169,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
         "sim": cmd_sim,
         "trace": cmd_trace,
+        "schema": cmd_schema,
         "healthcheck": cmd_healthcheck,
         "prune": cmd_prune,
         "send-test": cmd_send_test,
@@ -611,6 +614,13 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         print(f"{name} was already disabled; nothing changed ({pending:,} pending)")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from feedhook.config.models import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
     return EXIT_OK
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import resource
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from feedhook.cli import main
 from feedhook.config import ConfigError, load_config, parse_config, parse_duration
+from feedhook.config.models import config_schema
 
 GOOD = """
 sources:
@@ -420,3 +424,25 @@ def test_subscriptions_that_could_never_deliver_are_config_errors(
         parse_config(raw, "x.yaml", env={})
     assert message in str(info.value), info.value.errors
     assert "pw" not in str(info.value).replace("pw@", "")
+
+
+def test_the_committed_schema_is_the_models_and_editors_accept_the_example() -> None:
+    """hooks.schema.json is what `feedhook schema` prints (regenerate it when a model
+    changes); the example validates against it as an editor would check it, and a typo'd
+    key, a bad duration and a bad rate do not."""
+    root = Path(__file__).parents[2]
+    committed = json.loads((root / "hooks.schema.json").read_text())
+    assert committed == config_schema(), "run: feedhook schema > hooks.schema.json"
+    validator = jsonschema.Draft202012Validator(committed)
+    example = yaml.safe_load((root / "hooks.example.yaml").read_text())
+    assert list(validator.iter_errors(example)) == []
+    bad = {
+        "sources": {"s": {"kind": "sequence", "url": "https://x/api", "poll_intervall": "1s"}},
+        "subscriptions": {
+            "a": {"url": "https://r/", "types": ["*"], "timeout": "soon", "rate_limit": "fast"}
+        },
+    }
+    problems = {tuple(e.absolute_path) for e in validator.iter_errors(bad)}
+    assert ("subscriptions", "a", "timeout") in problems
+    assert ("subscriptions", "a", "rate_limit") in problems
+    assert any(path[:2] == ("sources", "s") for path in problems)

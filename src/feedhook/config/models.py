@@ -8,7 +8,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 import jmespath
@@ -19,12 +19,14 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from feedhook.config.values import (
     DEFAULT_SCHEDULE,
+    DURATION_SCHEMA,
     Duration,
     Glob,
     HttpUrl,
@@ -398,7 +400,11 @@ class RetentionConfig(_Model):
     # Delivered deliveries, and events none of whose deliveries is pending or dead.
     delivered: Duration = 7 * 86400.0
     # Dead letters (and their deliveries); None: forever.
-    dead_letters: Annotated[float | None, BeforeValidator(duration_or_forever)] = 30 * 86400.0
+    dead_letters: Annotated[
+        float | None,
+        BeforeValidator(duration_or_forever),
+        WithJsonSchema({"anyOf": [DURATION_SCHEMA, {"const": "forever"}]}, mode="validation"),
+    ] = 30 * 86400.0
     # How often `feedhook run` prunes.
     interval: Duration = 600.0
 
@@ -464,3 +470,13 @@ class ConfigChanges:
     def lines(self) -> list[str]:
         """`sources_changed: seq, mov` for each non-empty change."""
         return [f"{k}: {', '.join(v)}" for k, v in vars(self).items() if v]
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of hooks.yaml, as editors use it (`feedhook schema`)."""
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "feedhook hooks.yaml",
+    }

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
+    WithJsonSchema,
 )
 
 from feedhook.logs import redact_url
@@ -88,9 +89,27 @@ def check_glob(pattern: str) -> str:
     return pattern
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# What editors are told of these (hooks.schema.json): the YAML's form, not the parsed one.
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$|^\$\{"},
+        {"type": "number", "minimum": 0},
+    ],
+    "description": "a duration: 250ms, 10s, 5m, 2h, 3d (or seconds)",
+}
+RATE_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\s*\d+\s*/\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$|^\$\{",
+    "description": "requests per window: 150/30s, 50/1s",
+}
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA, mode="validation")
+]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
-Rate = Annotated[RateLimit, BeforeValidator(_rate_limit)]
+Rate = Annotated[
+    RateLimit, BeforeValidator(_rate_limit), WithJsonSchema(RATE_SCHEMA, mode="validation")
+]
 Glob = Annotated[str, BeforeValidator(check_glob)]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
