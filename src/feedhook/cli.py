@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration", type=_duration_arg, default=5.0, help="spread them over (default 5s)"
     )
+    demo.add_argument("--keep", metavar="DIR", help="keep the database and config in DIR")
 
     sim = commands.add_parser(
         "sim", help="serve simulated Sequence, Movida, TeamHub, Modulo and a receiver"
@@ -572,7 +573,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--events must be at least 1")
     if "FEEDHOOK_LOG_LEVEL" not in os.environ:
         logs.setup("WARNING", settings.log_format)  # the demo's own lines tell the story
-    return asyncio.run(run_demo(args.events, args.duration))
+    keep = Path(args.keep) if args.keep else None
+    return asyncio.run(run_demo(args.events, args.duration, keep))
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,13 +4,15 @@ and the real bridge between them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import yaml
 
 from feedhook.app import Worker, signal_handlers
 from feedhook.config import parse_config
@@ -27,7 +29,9 @@ from feedhook.sim.receiver import Received
 from feedhook.store import Store, open_store
 
 
-async def run_demo(events: int, duration: float) -> int:
+async def run_demo(events: int, duration: float, keep: Path | None = None) -> int:
+    """The demo; with `keep`, its database (and the config it ran with) stay in that
+    folder, to be looked at with `status`, `dlq` and `trace` afterwards."""
     secret = new_secret()
     signer = Signer([secret])
     upstreams, receiver = Upstreams(), Receiver()
@@ -50,7 +54,8 @@ async def run_demo(events: int, duration: float) -> int:
         )
 
     receiver.listeners.append(show)
-    config = parse_config(hooks_config(upstreams, receiver, secret), "demo")
+    raw = hooks_config(upstreams, receiver, secret)
+    config = parse_config(raw, "demo")
     print(f"feedhook demo: {events} events over {duration:g}s from four simulated systems")
     print(f"  sequence  {upstreams.sequence.api_url}  (JSON, Digest auth)")
     print(f"  movida    {upstreams.movida.api_url}  (XML, Digest auth)")
@@ -62,8 +67,16 @@ async def run_demo(events: int, duration: float) -> int:
         print(f"  subscription {name}: {', '.join(spec['types'])}{detail}")
     print()
 
-    with tempfile.TemporaryDirectory(prefix="feedhook-demo-") as tmp:
-        async with open_store(str(Path(tmp) / "demo.db")) as store:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="feedhook-demo-")))
+        else:
+            folder = keep
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(
+                (folder / "hooks.yaml").write_text, yaml.safe_dump(raw, sort_keys=False)
+            )
+        async with open_store(str(folder / "demo.db")) as store:
             worker = Worker(config, store, grace=2.0)
             run = asyncio.create_task(worker.run(), name="worker")
             with signal_handlers(worker):
@@ -91,8 +104,10 @@ async def run_demo(events: int, duration: float) -> int:
     )
     print(f"  every event delivered and every queue drained: {settled}")
     _show_a_diff(receiver)
-    if os.environ.get("FEEDHOOK_DEMO_KEEP"):
-        print(f"  (database was {tmp})")
+    if keep is not None:
+        print(f"\nkept in {keep}: look around with")
+        print(f"  FEEDHOOK_DB={keep / 'demo.db'} feedhook status -c {keep / 'hooks.yaml'}")
+        print(f"  FEEDHOOK_DB={keep / 'demo.db'} feedhook trace sequence-demo:1")
     return 0 if settled else 1
 
 

@@ -221,6 +221,20 @@ async def test_demo(cli: Cli, args: list[str]) -> None:
     assert "signed ok" in out
 
 
+async def test_demo_keeps_its_database_to_look_around(cli: Cli, tmp_path: Path) -> None:
+    """`demo --keep DIR`: the database and config stay; status and trace read them."""
+    kept = tmp_path / "kept"
+    code, out, err = await cli.run("demo", "--events", "8", "--duration", "1s", "--keep", str(kept))
+    assert code == 0, err
+    assert f"kept in {kept}" in out
+    cli.env["FEEDHOOK_DB"] = str(kept / "demo.db")
+    cli.env["FEEDHOOK_CONFIG"] = str(kept / "hooks.yaml")
+    code, out, err = await cli.run("status")
+    assert code == 0 and "sequence-demo" in out, err
+    code, out, err = await cli.run("trace", "sequence-demo:1")
+    assert code == 0 and "everything: delivered" in out, err
+
+
 async def test_replay_stored_events_to_a_new_subscription(
     cli: Cli, sequence_feed: SimFeed, receiver: Receiver
 ) -> None:
