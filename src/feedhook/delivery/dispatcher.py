@@ -36,6 +36,7 @@ MIN_RESERVE = 64
 START_BATCH = 16
 GONE = 410  # the receiver asks for no more deliveries: the subscription is disabled
 HANDSHAKE_RETRY = 60.0  # a receiver that refused the handshake is asked again after this
+SUMMARY_INTERVAL = 60.0  # one delivery summary line per busy subscription this often
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Lane:
     recorded: SubscriptionState = ACTIVE
     # The CloudEvents handshake (`handshake: cloudevents`): ask, asking, or granted.
     permission: str = "granted"
+    # Outcomes since the last summary line, by kind.
+    tally: Counter[str] = field(default_factory=Counter)
 
     @property
     def cap(self) -> int:
@@ -200,13 +203,16 @@ class Dispatcher:
                 self._outcomes.put_nowait(None)
 
     async def _claim_loop(self) -> None:
-        states_read = time.monotonic()
+        states_read = summarized = time.monotonic()
         while not self._stopping:
             self._wake.clear()
             if time.monotonic() - states_read >= IDLE_POLL:
                 # Disabled or enabled elsewhere (the CLI, another replica's 410).
                 await self._read_states()
                 states_read = time.monotonic()
+            if time.monotonic() - summarized >= SUMMARY_INTERVAL:
+                self._summarize(time.monotonic() - summarized)
+                summarized = time.monotonic()
             now = clock.now()
             if self._next_retry is not None and now >= self._next_retry:
                 self._next_retry = None
@@ -343,6 +349,7 @@ class Dispatcher:
             )
             meters = lane.meters
             meters[decision.kind].inc()
+            lane.tally[decision.kind] += 1
             meters["attempt"].observe(result.duration)
             if decision.kind == "delivered":
                 meters["latency"].observe(now - delivery.ingested_at)
@@ -400,6 +407,22 @@ class Dispatcher:
             name: lane.disabled or (lane.guard.state(now) if lane.guard else ACTIVE)
             for name, lane in self.lanes.items()
         }
+
+    def _summarize(self, seconds: float) -> None:
+        """One line per subscription that did something since the last summary."""
+        for lane in self.lanes.values():
+            if not lane.tally:
+                continue
+            tally, lane.tally = lane.tally, Counter()
+            log.info(
+                "%s: in the last %.0fs %d delivered, %d to retry, %d dead-lettered",
+                lane.name,
+                seconds,
+                tally["delivered"],
+                tally["retry"],
+                tally["dead"],
+                extra={"subscription": lane.name},
+            )
 
     # --- the CloudEvents handshake -----------------------------------------------------
 

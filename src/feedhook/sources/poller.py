@@ -19,6 +19,7 @@ from feedhook.envelope import Envelope
 from feedhook.health import SourceHealth
 from feedhook.router import Router
 from feedhook.sources.base import FeedError, Page, Source
+from feedhook.sources.progress import CatchUp
 from feedhook.sources.subjects import Enriched
 from feedhook.store.base import IngestItem, SourceLost, Store
 
@@ -94,6 +95,7 @@ class Poller:
         self.phase = phase
         self.health = SourceHealth(source.name, source.poll_interval)
         self._written_at: float | None = None  # time.monotonic() of the last write
+        self.catch_up = CatchUp(source.name)
         retry = backoff.on_exception(
             backoff.expo,
             FeedError,
@@ -218,6 +220,7 @@ class Poller:
         newest = max((datetime.fromisoformat(t).timestamp() for t in times), default=None)
         if health.succeeded(clock.now(), newest):
             log.info("%s: the feed answers again", name, extra={"source": name})
+        self.catch_up.batch(len(fresh), newest, drained_at is None, clock.now())
         report = PollReport(
             pages=len(batch),
             types=Counter(item.envelope.type for item in fresh),

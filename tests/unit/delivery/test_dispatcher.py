@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 from feedhook.config import SubscriptionConfig
 from feedhook.config.models import RetryConfig
@@ -174,3 +177,29 @@ async def test_ordering_by_subject_keeps_each_subjects_order_despite_failures(
         for s in range(40)
     )
     assert ordered_took < 2 * unordered_took + 1.0, (ordered_took, unordered_took)
+
+
+async def test_a_busy_subscription_gets_a_summary_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instead of silence, one line a summary interval per subscription that worked."""
+    monkeypatch.setattr("feedhook.delivery.dispatcher.SUMMARY_INTERVAL", 0.2)
+    caplog.set_level(logging.INFO, "feedhook.delivery")
+    store = MemoryStore()
+    await store.ingest("seq", items(5, ("ok",)), "5")
+    sender = ScriptedSender({"https://r/ok": [503]})
+    subscriptions = {"ok": sub("https://r/ok"), "idle": sub("https://r/idle")}
+    dispatcher = Dispatcher(store, subscriptions, sender, grace=1.0)  # type: ignore[arg-type]
+    running = asyncio.create_task(dispatcher.run())
+
+    def summed() -> list[int]:
+        lines = [m for m in caplog.messages if m.startswith("ok: in the last")]
+        counts = [[int(w) for w in m.split("s ", 1)[1].split() if w.isdigit()] for m in lines]
+        return [sum(c[i] for c in counts) for i in range(3)]
+
+    try:
+        await eventually(lambda: summed() == [5, 1, 0], what="the summaries")
+    finally:
+        dispatcher.stop()
+        await asyncio.wait_for(running, 5)
+    assert not any(m.startswith("idle:") for m in caplog.messages)

@@ -1,0 +1,74 @@
+"""What an operator reads while a source catches up: a line every PROGRESS_INTERVAL
+(events so far, per second, how far behind, about how long to go) and one line when it
+has caught up. Quiet otherwise: a source that keeps up says nothing."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("feedhook.source")
+
+PROGRESS_INTERVAL = 10.0
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+class CatchUp:
+    """Follows one source's batches: `more` says whether the feed had more to read."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.started: float | None = None  # monotonic, while catching up
+        self.events = 0
+        self.first_newest: float | None = None  # event time when it began
+        self.newest: float | None = None
+        self.last_line = 0.0
+
+    def batch(self, events: int, newest: float | None, more: bool, now: float) -> None:
+        """One written batch: `events` new ones, the newest event time among them, and
+        whether the feed has more; `now` is the wall clock (for the lag)."""
+        tick = time.monotonic()
+        if newest is not None:
+            self.newest = max(newest, self.newest or newest)
+        if self.started is None:
+            if not more:
+                return  # keeping up: nothing to say
+            self.started, self.events, self.last_line = tick, 0, tick
+            self.first_newest = self.newest
+        self.events += events
+        if not more:
+            took = tick - self.started
+            log.info(
+                "%s: caught up: %d events in %s (%.0f/s)",
+                self.source,
+                self.events,
+                _span(took),
+                self.events / max(took, 1e-3),
+                extra={"source": self.source},
+            )
+            self.started = None
+            return
+        if tick - self.last_line >= PROGRESS_INTERVAL:
+            self.last_line = tick
+            elapsed = tick - self.started
+            line = (
+                f"{self.source}: catching up: {self.events} events, {self.events / elapsed:.0f}/s"
+            )
+            if self.newest is not None:
+                lag = now - self.newest
+                line += f", {_span(lag)} behind"
+                if self.first_newest is not None and self.newest > self.first_newest:
+                    # Feed time read per second of ours: how long the rest should take.
+                    speed = (self.newest - self.first_newest) / elapsed
+                    line += f", about {_span(lag / speed)} to go"
+            log.info(line, extra={"source": self.source})
