@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from feedhook import openapi
 from feedhook.app import Worker
 from feedhook.report import dead_letter_document, trace_document
 from feedhook.settings import Settings
@@ -197,6 +198,10 @@ async def api_subscription_state(request: web.Request) -> web.Response:
     return _json({"subscription": name, "state": f"{action}d", "changed": changed})
 
 
+async def api_openapi(request: web.Request) -> web.Response:
+    return _json(openapi.document())
+
+
 async def api_reload(request: web.Request) -> web.Response:
     ok, lines = await _worker(request).reload_from_file()
     if not ok:
@@ -212,6 +217,7 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     if token:
         app[TOKEN] = token
+        app.router.add_get("/api/openapi.json", api_openapi)
         app.router.add_get("/api/status", api_status)
         app.router.add_get("/api/dead-letters", api_dead_letters)
         app.router.add_post("/api/dead-letters/replay", api_replay_bulk)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 import yaml
 
@@ -393,3 +394,41 @@ async def test_an_event_is_traced_through_the_api(
         assert status == 404
         status, _ = await admin.call("GET", "/api/events/seq:1", token=None)
         assert status == 401
+
+
+async def test_the_openapi_document_describes_the_real_answers(
+    tmp_path: Path, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """/api/openapi.json, and every API answer checked against the schema it names."""
+    sequence_feed.add_events(2)
+    receiver.answer("strict", 422)
+    config = one_feed(sequence_feed, receiver, ok={}, strict={})
+    async with admin_for(tmp_path, config) as admin:
+        status, doc = await admin.call("GET", "/api/openapi.json")
+        assert status == 200 and doc["openapi"].startswith("3.1")
+
+        def conforms(path: str, method: str, code: int, body: object) -> None:
+            answer = doc["paths"][path][method]["responses"][str(code)]
+            ref = answer["content"]["application/json"]["schema"]["$ref"]
+            schema = {"components": doc["components"], "$ref": ref}
+            jsonschema.Draft202012Validator(schema).validate(body)
+
+        await eventually(lambda: len(receiver.ok("ok")) == 2, what="deliveries")
+        await admin.worker.until_idle()
+        _, page = await admin.call("GET", "/api/dead-letters")
+        first = page["dead_letters"][0]["id"]
+        code, body = await admin.call("GET", f"/api/dead-letters/{first}")
+        conforms("/api/dead-letters/{id}", "get", code, body)
+        calls = [
+            ("/api/status", "get", "/api/status", "GET"),
+            ("/api/dead-letters", "get", "/api/dead-letters", "GET"),
+            ("/api/events/{envelope_id}", "get", "/api/events/seq:1", "GET"),
+            ("/api/events/{envelope_id}", "get", "/api/events/seq:9", "GET"),
+            ("/api/dead-letters/{id}", "get", "/api/dead-letters/999", "GET"),
+            ("/api/subscriptions/{name}/{action}", "post", "/api/subscriptions/ok/disable", "POST"),
+            ("/api/subscriptions/{name}/{action}", "post", "/api/subscriptions/ok/enable", "POST"),
+            ("/api/dead-letters/replay", "post", "/api/dead-letters/replay", "POST"),
+        ]
+        for path, method, url, verb in calls:
+            code, body = await admin.call(verb, url)
+            conforms(path, method, code, body)
