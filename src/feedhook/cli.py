@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
         default=8.0,
         help="how long in-flight deliveries may finish after SIGTERM (default 8s)",
     )
-    with_config(commands.add_parser("check", help="validate the config and summarize it"))
+    check = with_config(commands.add_parser("check", help="validate the config and summarize it"))
+    check.add_argument(
+        "--connect", action="store_true", help="also try each source's URL and credentials"
+    )
 
     status = with_config(commands.add_parser("status", help="cursors, errors and queues"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -289,7 +292,42 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         f"\nretention: delivered {retention.delivered:g}s, dead letters {dead},"
         f" pruned every {retention.interval:g}s"
     )
-    return EXIT_OK
+    if not args.connect:
+        return EXIT_OK
+    print("\nconnections (one page read from each source):")
+    verdicts = asyncio.run(_connect(config))
+    for name, (verdict, detail) in verdicts.items():
+        print(f"  {name}: {verdict}{': ' + detail if detail else ''}")
+    return EXIT_OK if all(v == "ok" for v, _ in verdicts.values()) else EXIT_FAILURE
+
+
+async def _connect(config: Config) -> dict[str, tuple[str, str]]:
+    """Each source read once, all at once: `ok`, `credentials rejected`, `unreachable`
+    or `failing`, with the reason (masked as everywhere)."""
+    from feedhook.sources import FeedError, build_source
+
+    async def one(name: str) -> tuple[str, str]:
+        source = build_source(name, config.sources[name])
+        try:
+            await source.open()
+            cursor = await asyncio.wait_for(source.initial_cursor(), config.sources[name].timeout)
+            page = await asyncio.wait_for(source.fetch(cursor), config.sources[name].timeout)
+            return "ok", f"{len(page.events)} events on the first page"
+        except FeedError as exc:
+            message = logs.redact(str(exc))
+            if exc.cause in ("http_401", "http_403") or "credentials rejected" in message:
+                return "credentials rejected", message
+            if exc.cause in ("connect", "timeout"):
+                return "unreachable", message
+            return "failing", message
+        except TimeoutError:
+            return "unreachable", f"no answer within {config.sources[name].timeout:g}s"
+        finally:
+            await source.close()
+
+    names = list(config.sources)
+    results = await asyncio.gather(*(one(name) for name in names))
+    return dict(zip(names, results, strict=True))
 
 
 def _filter_warnings(name: str, sub: SubscriptionConfig, config: Config) -> list[str]:

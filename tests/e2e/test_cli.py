@@ -16,7 +16,7 @@ import pytest
 from feedhook.sim import Receiver, SimFeed
 from feedhook.store import SqliteStore
 
-from conftest import Cli, LockProbe, eventually, one_feed, source, subscription
+from conftest import Cli, LockProbe, eventually, free_port, one_feed, source, subscription
 
 
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -459,3 +459,27 @@ async def test_trace_tells_whether_an_event_reached_each_subscription(
     assert doc["event"]["id"] == "seq:1"
     code, _, err = await cli.run("trace", "seq:999")
     assert code == 1 and "no event seq:999 is stored" in err
+
+
+async def test_check_connect_tries_every_source(
+    cli: Cli, sequence_feed: SimFeed, movida_feed: SimFeed
+) -> None:
+    """`check --connect`: each source read once; a good one ok, wrong credentials named
+    as such (the password never shown), a dead port unreachable; exit 1 when any fails."""
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    cli.write_config(
+        {
+            "sources": {
+                "good": source(sequence_feed),
+                "wrong": source(movida_feed, password="not-the-password-7q"),
+                "gone": source(sequence_feed, url=dead),
+            },
+            "subscriptions": {},
+        }
+    )
+    code, out, err = await cli.run("check", "--connect")
+    assert code == 1, err
+    assert "good: ok" in out
+    assert "wrong: credentials rejected" in out and "check username and password" in out
+    assert "gone: unreachable" in out
+    assert "not-the-password-7q" not in out + err
