@@ -375,6 +375,11 @@ def subscription(rx: Proc, name: str, **extra: Any) -> dict[str, Any]:
     return {"url": f"{rx.url}/{name}", "secret": SECRET, "types": ["*"], **extra}
 
 
+def span(values: list[float]) -> list[int]:
+    """A range as the tables quote it: [lowest, highest], rounded."""
+    return [round(min(values)), round(max(values))]
+
+
 @dataclass
 class Pairs:
     """Rates of feedhook and its reference measured alternately (reference, feedhook,
@@ -391,8 +396,8 @@ class Pairs:
         return {
             "pairs": len(self.ours),
             "ratio_range": [round(min(self.ratios), 2), round(max(self.ratios), 2)],
-            "feedhook_range": [round(min(self.ours)), round(max(self.ours))],
-            "reference_range": [round(min(self.reference)), round(max(self.reference))],
+            "feedhook_range": span(self.ours),
+            "reference_range": span(self.reference),
         }
 
 
@@ -544,8 +549,8 @@ async def scenario_routing(sizes: dict[str, int], work: Path) -> Result:
         ">= 10,000 events/s",
         median["all100"] >= 10_000,
         {
-            "one_range": [round(min(rates["one"])), round(max(rates["one"]))],
-            "all100_range": [round(min(rates["all100"])), round(max(rates["all100"]))],
+            "one_range": span(rates["one"]),
+            "all100_range": span(rates["all100"]),
             "tenth_of_1000_median": round(median["tenth1000"]),
         },
     )
@@ -747,10 +752,10 @@ async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
         ">= 0.8 x SQLite",
         ratio >= 0.8,
         {
-            "postgres_range": [round(min(rates["postgres"])), round(max(rates["postgres"]))],
-            "sqlite_range": [round(min(rates["sqlite"])), round(max(rates["sqlite"]))],
+            "postgres_range": span(rates["postgres"]),
+            "sqlite_range": span(rates["sqlite"]),
             "two_replicas_median": round(median["two"]),
-            "two_replicas_range": [round(min(rates["two"])), round(max(rates["two"]))],
+            "two_replicas_range": span(rates["two"]),
             "catchup_events_per_s_postgres": round(statistics.median(catchup["postgres"])),
             "catchup_events_per_s_sqlite": round(statistics.median(catchup["sqlite"])),
         },
@@ -786,8 +791,8 @@ async def scenario_ordering(sizes: dict[str, int], work: Path) -> Result:
         ">= 0.8 x unordered",
         ratio >= 0.8,
         {
-            "ordered_range": [round(min(rates["subject"])), round(max(rates["subject"]))],
-            "unordered_range": [round(min(rates["none"])), round(max(rates["none"]))],
+            "ordered_range": span(rates["subject"]),
+            "unordered_range": span(rates["none"]),
         },
     )
 
