@@ -43,18 +43,28 @@ async def run_demo(events: int, duration: float, keep: Path | None = None) -> in
 
     def show(record: Received) -> None:
         envelope = json.loads(record.body)
-        latency = record.at - upstreams.created.get(record.webhook_id, record.at)
-        latencies[record.path].append(latency)
         good = signed_ok(signer, record)
-        verified[record.path] += good
+        if record.status >= 300:  # the receiver said no, as the demo asked it to
+            what = "retried on the schedule" if record.status >= 500 else "a dead letter"
+            outcome = f"HTTP {record.status}: {what}"
+        else:
+            latency = record.at - upstreams.created.get(record.webhook_id, record.at)
+            latencies[record.path].append(latency)
+            verified[record.path] += good
+            outcome = f"{latency * 1000:7.1f} ms"
         print(
             f"  {record.at - started:6.2f}s  {envelope['type']:<38} -> {record.path:<14}"
-            f" {latency * 1000:7.1f} ms  {'signed ok' if good else 'BAD SIGNATURE'}",
+            f" {outcome}  {'signed ok' if good else 'BAD SIGNATURE'}",
             flush=True,
         )
 
     receiver.listeners.append(show)
+    # Two receivers misbehave once, to show what feedhook does about it: `jobs` answers
+    # 503 (retried a second later), `titles` rejects with 422 (a dead letter, replayed).
+    receiver.plan("jobs", [503])
+    receiver.plan("titles", [422])
     raw = hooks_config(upstreams, receiver, secret)
+    raw["subscriptions"]["jobs"]["retry"] = {"schedule": ["1s", "5s"]}
     config = parse_config(raw, "demo")
     print(f"feedhook demo: {events} events over {duration:g}s from four simulated systems")
     print(f"  sequence  {upstreams.sequence.api_url}  (JSON, Digest auth)")
@@ -83,6 +93,7 @@ async def run_demo(events: int, duration: float, keep: Path | None = None) -> in
                 for n in range(events):
                     upstreams.publish(n)
                     await asyncio.sleep(duration / events)
+                await _replay_the_dead_letter(worker, receiver)
                 settled = await _settle(store, receiver, set(upstreams.created), time.time() + 15)
                 worker.stop()
                 await run
@@ -109,6 +120,25 @@ async def run_demo(events: int, duration: float, keep: Path | None = None) -> in
         print(f"  FEEDHOOK_DB={keep / 'demo.db'} feedhook status -c {keep / 'hooks.yaml'}")
         print(f"  FEEDHOOK_DB={keep / 'demo.db'} feedhook trace sequence-demo:1")
     return 0 if settled else 1
+
+
+async def _replay_the_dead_letter(worker: Worker, receiver: Receiver) -> None:
+    """Once `titles` has rejected its first event: show the dead letter and replay it,
+    as an operator would after fixing the receiver (`feedhook dlq replay`)."""
+    if not any(r.path == "titles" for r in receiver.received):
+        return  # too few events for a title this time
+    deadline = time.time() + 5
+    while not (letters := await worker.dead_letters("titles", 1, 0)):
+        if time.time() > deadline:
+            return
+        await asyncio.sleep(0.05)
+    letter = letters[0]
+    print(
+        f"  dead letter #{letter.id}: {letter.envelope_id} -> titles ({letter.reason});"
+        " replaying it, as `feedhook dlq replay` would",
+        flush=True,
+    )
+    await worker.replay_dead([letter.id], None)
 
 
 def _show_a_diff(receiver: Receiver) -> None:
