@@ -273,6 +273,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     for name, sub in config.subscriptions.items():
         print(f"  {name} -> {redact_url(sub.url, query=True)}")
         print(f"    types:   {', '.join(sub.types)}")
+        for warning in _glob_warnings(sub, config):
+            print(f"    warning: {warning}")
         print(f"    sources: {', '.join(sub.sources) if sub.sources else 'all'}")
         if sub.filter:
             print(f"    filter:  {sub.filter}")
@@ -328,6 +330,25 @@ async def _connect(config: Config) -> dict[str, tuple[str, str]]:
     names = list(config.sources)
     results = await asyncio.gather(*(one(name) for name in names))
     return dict(zip(names, results, strict=True))
+
+
+def _glob_warnings(sub: SubscriptionConfig, config: Config) -> list[str]:
+    """Type globs that match no type the subscription's sources publish (per the vendors'
+    pages): a typo, or a type of a system not configured."""
+    import fnmatch
+
+    from feedhook.samples import known_types
+
+    names = sub.sources if sub.sources is not None else tuple(config.sources)
+    types = set().union(
+        *(known_types(config.sources[n].kind) for n in names if n in config.sources)
+    )
+    return [
+        f"the type glob {glob!r} matches no type its sources publish"
+        " (see the envelope types in the README)"
+        for glob in sub.types
+        if not any(fnmatch.fnmatchcase(t, glob) for t in types)
+    ]
 
 
 def _filter_warnings(name: str, sub: SubscriptionConfig, config: Config) -> list[str]:

@@ -120,3 +120,122 @@ def sample_envelopes(source_name: str, kind: str, url: str) -> list[Envelope]:
     elif kind == "modulo":
         out += [modulo.normalize(source_name, url, "EVTC201105000052", u) for u in _MODULO]
     return out
+
+
+# The event types each vendor's page lists (../seeds: Sequence and Movida "supported
+# event types", TeamHub's operations and targets, Modulo's Action codes), as envelope
+# types: what a subscription's type globs can ever match.
+_SEQUENCE_TYPES = [
+    f"{r}_{op}" for r in ("asset", "job", "task") for op in ("created", "deleted", "updated")
+]
+_MOVIDA_TYPES = [
+    "asset_created",
+    "asset_metadata_updated",
+    "asset_updated",
+    "brand_created",
+    "brand_metadata_updated",
+    "brand_updated",
+    "contributor_created",
+    "contributor_deleted",
+    "contributor_updated",
+    "credit_created",
+    "credit_deleted",
+    "credit_updated",
+    "deal_created",
+    "deal_deleted",
+    "deal_metadata_updated",
+    "deal_updated",
+    "image_created",
+    "image_updated",
+    "image_metadata_updated",
+    "image_deleted",
+    "platform_created",
+    "platform_updated",
+    "platform_deleted",
+    "publication_created",
+    "scheduling_created",
+    "scheduling_deleted",
+    "scheduling_metadata_updated",
+    "scheduling_updated",
+    "title_created",
+    "title_group_created",
+    "title_group_metadata_updated",
+    "title_group_updated",
+    "title_metadata_updated",
+    "title_updated",
+    "title_deleted",
+]
+_TEAMHUB_OPERATIONS = [
+    "added",
+    "assigned",
+    "completed",
+    "created",
+    "deleted",
+    "failed",
+    "reassigned",
+    "removed",
+    "unvoted",
+    "updated",
+    "voted",
+]
+_TEAMHUB_TARGETS = [
+    "bookmark",
+    "bot",
+    "branch",
+    "build",
+    "code_review_comment",
+    "code_review_description",
+    "code_review_line_comment",
+    "code_review_require_build",
+    "code_review_state",
+    "code_review_threshold",
+    "code_review_title",
+    "code_review",
+    "collaborator",
+    "comment_reply",
+    "commit_comment",
+    "commit_line_comment",
+    "event_comment",
+    "group_member",
+    "milestone",
+    "project",
+    "project_short_name",
+    "project_name",
+    "project_description",
+    "project_visibility",
+    "project_collaborator",
+    "project_group",
+    "project_hook",
+    "project_user",
+    "push",
+    "repository_hook",
+    "repository",
+    "reviewer",
+    "tag",
+    "task_branch",
+    "task_comment",
+    "task_commit",
+    "task_description",
+    "task_member",
+    "task_milestone",
+    "task_state",
+    "task_title",
+    "task",
+    "user",
+]
+
+
+def known_types(kind: str) -> frozenset[str]:
+    """The envelope types a source of this kind can publish, per its vendor's page."""
+    from feedhook.sources.modulo import ACTIONS
+
+    if kind in ("sequence", "movida"):
+        upstream = _SEQUENCE_TYPES if kind == "sequence" else _MOVIDA_TYPES
+        return frozenset(f"{kind}.{t.rpartition('_')[0]}.{t.rpartition('_')[2]}" for t in upstream)
+    if kind == "teamhub":
+        return frozenset(
+            f"teamhub.{target}.{op}" for target in _TEAMHUB_TARGETS for op in _TEAMHUB_OPERATIONS
+        )
+    if kind == "modulo":
+        return frozenset(f"modulo.event.{name}" for name in ACTIONS.values())
+    return frozenset()

@@ -483,3 +483,23 @@ async def test_check_connect_tries_every_source(
     assert "wrong: credentials rejected" in out and "check username and password" in out
     assert "gone: unreachable" in out
     assert "not-the-password-7q" not in out + err
+
+
+async def test_check_warns_about_a_glob_that_matches_nothing(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver
+) -> None:
+    """A type glob no configured source can publish (a typo, another system's type) is
+    a warning in `check`, per subscription; globs that match say nothing."""
+    config = one_feed(
+        sequence_feed,
+        receiver,
+        typo={"types": ["sequence.jobs.*"]},
+        other={"types": ["movida.title.*"]},
+        fine={"types": ["sequence.job.*", "sequence.*.deleted"]},
+    )
+    cli.write_config(config)
+    code, out, err = await cli.run("check")
+    assert code == 0, err
+    assert "the type glob 'sequence.jobs.*' matches no type its sources publish" in out
+    assert "the type glob 'movida.title.*' matches no type" in out
+    assert out.count("matches no type") == 2
