@@ -92,6 +92,25 @@ class DeliveryTrace:
     next_attempt_at: float | None
     attempts: list[Attempt]
 
+    @classmethod
+    def of(
+        cls,
+        subscription: str,
+        state: str,
+        next_attempt_at: float,
+        failures: list[Attempt],
+        updated_at: float,
+        last_status: int | None,
+        last_duration: float | None,
+    ) -> DeliveryTrace:
+        """From a delivery row and its recorded failures: a success is the row itself
+        (never recorded apart), and only a pending delivery has a time it is due."""
+        attempts = list(failures)
+        if state == "delivered":
+            attempts.append(Attempt(updated_at, last_status, last_duration, "delivered"))
+        due = next_attempt_at if state == "pending" else None
+        return cls(subscription, state, due, attempts)
+
 
 @dataclass(frozen=True, slots=True)
 class Trace:

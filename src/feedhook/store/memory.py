@@ -513,11 +513,17 @@ class MemoryStore:
         for d in sorted(self.database.deliveries.values(), key=lambda d: d.id):
             if d.event_id != event_id:
                 continue
-            attempts = list(d.failures)
-            if d.state == "delivered":
-                attempts.append(Attempt(d.updated_at, d.last_status, d.last_duration, "delivered"))
-            due = d.next_attempt_at if d.state == "pending" else None
-            deliveries.append(DeliveryTrace(d.subscription, d.state, due, attempts))
+            deliveries.append(
+                DeliveryTrace.of(
+                    d.subscription,
+                    d.state,
+                    d.next_attempt_at,
+                    d.failures,
+                    d.updated_at,
+                    d.last_status,
+                    d.last_duration,
+                )
+            )
         event = StoredEvent(e.id, e.envelope_id, e.source, e.type, e.body)
         return Trace(event, e.ingested_at, deliveries)
 

@@ -1145,15 +1145,18 @@ class PostgresStore:
                 " WHERE delivery_id = ANY($1::bigint[]) ORDER BY at",
                 [d["id"] for d in deliveries],
             )
-            traced = []
-            for d in deliveries:
-                attempts = [Attempt(*f[1:]) for f in failures if f[0] == d["id"]]
-                if d["state"] == "delivered":
-                    attempts.append(
-                        Attempt(d["updated_at"], d["last_status"], d["last_duration"], "delivered")
-                    )
-                due = d["next_attempt_at"] if d["state"] == "pending" else None
-                traced.append(DeliveryTrace(d["subscription"], d["state"], due, attempts))
+            traced = [
+                DeliveryTrace.of(
+                    d["subscription"],
+                    d["state"],
+                    d["next_attempt_at"],
+                    [Attempt(*f[1:]) for f in failures if f[0] == d["id"]],
+                    d["updated_at"],
+                    d["last_status"],
+                    d["last_duration"],
+                )
+                for d in deliveries
+            ]
             event = StoredEvent(e["id"], e["envelope_id"], e["source"], e["type"], e["body"])
             return Trace(event, e["ingested_at"], traced)
 

@@ -1183,13 +1183,18 @@ class SqliteStore:
             " ORDER BY at",
             (event_id,),
         )
-        traced = []
-        for d_id, subscription, state, due, updated_at, status, duration in deliveries:
-            attempts = [Attempt(*row[1:]) for row in failures if row[0] == d_id]
-            if state == "delivered":
-                attempts.append(Attempt(updated_at, status, duration, "delivered"))
-            waiting = due if state == "pending" else None
-            traced.append(DeliveryTrace(subscription, state, waiting, attempts))
+        traced = [
+            DeliveryTrace.of(
+                subscription,
+                state,
+                due,
+                [Attempt(*row[1:]) for row in failures if row[0] == d_id],
+                updated_at,
+                status,
+                duration,
+            )
+            for d_id, subscription, state, due, updated_at, status, duration in deliveries
+        ]
         return Trace(StoredEvent(event_id, *stored), ingested_at, traced)
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
