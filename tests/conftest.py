@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -25,11 +26,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from feedhook.admin import AdminServer, Runtime
 from feedhook.app import Worker
-from feedhook.config import SubscriptionConfig, parse_config
+from feedhook.config import SubscriptionConfig, load_config, parse_config
 from feedhook.envelope import Envelope, make_envelope
 from feedhook.health import SourceHealth
 from feedhook.router import Router
+from feedhook.settings import Settings
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
 from feedhook.sim.postgres import PostgresServer, postgres_bin
 from feedhook.sources.base import Page, Source
@@ -261,6 +264,65 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.new_database()
+
+
+# --- the admin server of a worker run in this process ------------------------------
+
+
+ADMIN_TOKEN = "admin-token-for-tests"
+
+
+class Admin:
+    def __init__(self, base: str, worker: Worker, config_path: Path) -> None:
+        self.base = base
+        self.worker = worker
+        self.config_path = config_path
+        self.session = aiohttp.ClientSession()
+
+    async def call(
+        self, method: str, path: str, token: str | None = ADMIN_TOKEN, **kw: Any
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.request(method, self.base + path, headers=headers, **kw) as r:
+            body = await r.json() if "json" in r.content_type else await r.text()
+            return r.status, body
+
+    async def metric(self, name: str, **labels: str) -> float:
+        _, text = await self.call("GET", "/metrics")
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+            if match and match.group(1) == name:
+                got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
+                if got == want:
+                    return float(match.group(3))
+        return 0.0
+
+
+@asynccontextmanager
+async def admin_for(
+    tmp_path: Path, raw: dict[str, Any], token: str | None = ADMIN_TOKEN
+) -> AsyncIterator[Admin]:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "hooks.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    settings = Settings(admin_port=free_port(), admin_token=token)
+    runtime = Runtime()
+    server = AdminServer(runtime, settings)
+    await server.start()
+    async with SqliteStore(tmp_path / "f.db") as store:
+        worker = Worker(load_config(path), store, grace=2.0, config_path=path)
+        runtime.worker = worker
+        task = asyncio.create_task(worker.run())
+        admin = Admin(f"http://127.0.0.1:{server.port}", worker, path)
+        await eventually(lambda: worker.running, what="the worker")
+        try:
+            yield admin
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+            await admin.session.close()
+            await server.stop()
 
 
 # --- the real CLI --------------------------------------------------------------------

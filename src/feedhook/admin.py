@@ -1,5 +1,5 @@
 """The admin HTTP server inside `feedhook run`: health, readiness, metrics, and (with a
-token) status, dead letters and reload."""
+token) the API and the console."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from feedhook import openapi
 from feedhook.app import Worker
+from feedhook.console import add_console
 from feedhook.report import dead_letter_document, trace_document
 from feedhook.settings import Settings
 
@@ -77,7 +78,7 @@ async def api_guard(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.content_type == "application/json":
+        if exc.status < 400 or exc.content_type == "application/json":
             raise
         return _error(exc.status, exc.reason)
     except Exception:
@@ -215,6 +216,7 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_console(app, token, lambda: runtime.worker)
     if token:
         app[TOKEN] = token
         app.router.add_get("/api/openapi.json", api_openapi)
@@ -253,7 +255,11 @@ class AdminServer:
             ) from None
         self._runner = runner
         self.port = runner.addresses[0][1]
-        api = "with /api" if TOKEN in self.app else "no /api: FEEDHOOK_ADMIN_TOKEN is not set"
+        api = (
+            "console at /, API at /api"
+            if TOKEN in self.app
+            else "no console or /api: FEEDHOOK_ADMIN_TOKEN is not set"
+        )
         log.info("admin server on http://%s:%d (%s)", self.host, self.port, api)
 
     async def stop(self) -> None:

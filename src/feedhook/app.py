@@ -19,6 +19,7 @@ from typing import Any
 from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigChanges, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
+from feedhook.delivery.activity import Summary
 from feedhook.delivery.transport import AiohttpTransport, new_session
 from feedhook.health import SourceHealth
 from feedhook.ingest import Ingest
@@ -298,8 +299,12 @@ class Worker:
     async def trace(self, envelope_id: str) -> Trace | None:
         return await self.store.trace(envelope_id)
 
-    async def purge_dead(self, ids: list[int]) -> int:
-        return await self.store.purge_dead(ids, None)
+    async def purge_dead(self, ids: list[int] | None, subscription: str | None = None) -> int:
+        return await self.store.purge_dead(ids, subscription)
+
+    def activity(self) -> dict[str, Summary]:
+        """Each subscription's last hour as this worker delivered it (the console)."""
+        return self.dispatcher.activity(clock.now()) if self.dispatcher is not None else {}
 
     async def set_enabled(self, subscription: str, enabled: bool) -> bool:
         """An operator disables a subscription (maintenance) or enables it again (its

@@ -24,10 +24,13 @@ class SourceHealth:
     last_error: str | None = None  # masked; for the token-guarded API and the logs
     cause: str | None = None  # a short label (timeout, http_401, ...): safe to show anyone
     newest_event_at: float | None = None
+    events: int = 0  # new events ingested since this poller started
 
-    def succeeded(self, now: float, newest_event_at: float | None) -> bool:
-        """A poll wrote its pages; True if the source had been failing."""
+    def succeeded(self, now: float, newest_event_at: float | None, events: int = 0) -> bool:
+        """A poll wrote its pages (`events` of them new); True if the source had been
+        failing."""
         recovered = self.failing_since is not None
+        self.events += events
         self.last_success_at = now
         self.failing_since = self.last_error = self.cause = None
         if newest_event_at is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from feedhook import __version__
+from feedhook.config import SOURCE_KINDS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _STATE = {
@@ -41,8 +42,12 @@ SCHEMAS: dict[str, Any] = {
                         "last_success_at": _TIME,
                         "last_error": {"type": ["string", "null"]},
                         "last_error_at": _TIME,
+                        "kind": {"enum": list(SOURCE_KINDS)},
                         "polled_by": {"type": "string"},
-                        "state": {"enum": ["ok", "retrying", "failing"]},
+                        "state": {"enum": ["starting", "ok", "retrying", "failing"]},
+                        "cause": {"type": ["string", "null"]},
+                        "newest_event_at": _TIME,
+                        "events_ingested": {"type": "integer", "minimum": 0},
                     },
                 },
             },
@@ -53,6 +58,7 @@ SCHEMAS: dict[str, Any] = {
                     "required": ["configured", "pending", "delivered", "dead", "state"],
                     "properties": {
                         "configured": {"type": "boolean"},
+                        "url": {"type": "string"},
                         "pending": {"type": "integer", "minimum": 0},
                         "delivered": {"type": "integer", "minimum": 0},
                         "dead": {"type": "integer", "minimum": 0},

@@ -10,7 +10,7 @@ from typing import Any
 
 from feedhook.config import Config
 from feedhook.health import SourceHealth
-from feedhook.logs import redact
+from feedhook.logs import redact, redact_url
 from feedhook.store.base import ACTIVE, DeadLetter, Status, Storage, SubscriptionState, Trace
 
 
@@ -48,19 +48,28 @@ def status_document(
             "last_error": redact(state.last_error) if state and state.last_error else None,
             "last_error_at": _iso(state.last_error_at) if state else None,
         }
+        if config is not None and name in config.sources:
+            entry["kind"] = config.sources[name].kind
         if state is not None and state.poller is not None:
             entry["polled_by"] = _replica(state.poller)
         if health is not None and name in health and now is not None:
-            entry["state"] = health[name].state(now)
+            live = health[name]
+            entry["state"] = live.state(now)
+            entry["cause"] = live.cause
+            entry["newest_event_at"] = _iso(live.newest_event_at)
+            entry["events_ingested"] = live.events
         out["sources"][name] = entry
     for name in subs:
         counts = status.subscriptions.get(name)
+        sub = config.subscriptions.get(name) if config is not None else None
         out["subscriptions"][name] = {
-            "configured": config is None or name in config.subscriptions,
+            "configured": config is None or sub is not None,
             "pending": counts.pending if counts else 0,
             "delivered": counts.delivered if counts else 0,
             "dead": counts.dead_letter if counts else 0,
         }
+        if sub is not None:
+            out["subscriptions"][name]["url"] = redact_url(str(sub.url), query=True)
         kept = (states if states is not None else status.states).get(name, ACTIVE)
         if now is not None:
             kept = kept.at(now)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import jsonschema
@@ -15,68 +11,11 @@ import pytest
 import yaml
 
 from feedhook.admin import AdminServer, Runtime
-from feedhook.app import Worker
-from feedhook.config import load_config
 from feedhook.settings import Settings
 from feedhook.sim import Fault, Receiver, SimFeed
-from feedhook.store import SqliteStore
 
-from conftest import eventually, free_port, one_feed, subscription
-
-TOKEN = "admin-token-for-tests"
-
-
-class Admin:
-    def __init__(self, base: str, worker: Worker, config_path: Path) -> None:
-        self.base = base
-        self.worker = worker
-        self.config_path = config_path
-        self.session = aiohttp.ClientSession()
-
-    async def call(
-        self, method: str, path: str, token: str | None = TOKEN, **kw: Any
-    ) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(method, self.base + path, headers=headers, **kw) as r:
-            body = await r.json() if "json" in r.content_type else await r.text()
-            return r.status, body
-
-    async def metric(self, name: str, **labels: str) -> float:
-        _, text = await self.call("GET", "/metrics")
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-            if match and match.group(1) == name:
-                got = ",".join(sorted((match.group(2) or "").split(","))) if match.group(2) else ""
-                if got == want:
-                    return float(match.group(3))
-        return 0.0
-
-
-@asynccontextmanager
-async def admin_for(
-    tmp_path: Path, raw: dict[str, Any], token: str | None = TOKEN
-) -> AsyncIterator[Admin]:
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "hooks.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    settings = Settings(admin_port=free_port(), admin_token=token)
-    runtime = Runtime()
-    server = AdminServer(runtime, settings)
-    await server.start()
-    async with SqliteStore(tmp_path / "f.db") as store:
-        worker = Worker(load_config(path), store, grace=2.0, config_path=path)
-        runtime.worker = worker
-        task = asyncio.create_task(worker.run())
-        admin = Admin(f"http://127.0.0.1:{server.port}", worker, path)
-        await eventually(lambda: worker.running, what="the worker")
-        try:
-            yield admin
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 10)
-            await admin.session.close()
-            await server.stop()
+from conftest import ADMIN_TOKEN as TOKEN
+from conftest import admin_for, eventually, free_port, one_feed, subscription
 
 
 async def test_not_ready_until_the_store_is_open() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from feedhook import clock
 from feedhook.config import SubscriptionConfig
+from feedhook.delivery.activity import Activity, Summary
 from feedhook.delivery.guard import Guard
 from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
@@ -63,6 +64,8 @@ class Lane:
     permission: str = "granted"
     # Outcomes since the last summary line, by kind.
     tally: Counter[str] = field(default_factory=Counter)
+    # The last hour, minute by minute (the console's rates and chart).
+    activity: Activity = field(default_factory=Activity)
 
     @property
     def cap(self) -> int:
@@ -353,10 +356,13 @@ class Dispatcher:
             meters["attempt"].observe(result.duration)
             if decision.kind == "delivered":
                 meters["latency"].observe(now - delivery.ingested_at)
+                lane.activity.delivered(now, now - delivery.ingested_at)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("delivered %s to %s", delivery.envelope_id, lane.name)
-            elif change != "gone":  # a disabled subscription says so once, below
-                self._failed(lane, delivery, result, decision, attempts, now)
+            else:
+                lane.activity.failed(now)
+                if change != "gone":  # a disabled subscription says so once, below
+                    self._failed(lane, delivery, result, decision, attempts, now)
             if change == "gone":
                 receiver = redact_url(str(lane.config.url), query=True)
                 await self._disable(lane, f"HTTP 410 Gone from {receiver}")
@@ -407,6 +413,10 @@ class Dispatcher:
             name: lane.disabled or (lane.guard.state(now) if lane.guard else ACTIVE)
             for name, lane in self.lanes.items()
         }
+
+    def activity(self, now: float) -> dict[str, Summary]:
+        """Each subscription's last hour, as this worker delivered it."""
+        return {name: lane.activity.summary(now) for name, lane in self.lanes.items()}
 
     def _summarize(self, seconds: float) -> None:
         """One line per subscription that did something since the last summary."""

@@ -218,7 +218,7 @@ class Poller:
         health, name = self.health, self.source.name
         times = {e.time for page in batch for _, e in page.events if e.time is not None}
         newest = max((datetime.fromisoformat(t).timestamp() for t in times), default=None)
-        if health.succeeded(clock.now(), newest):
+        if health.succeeded(clock.now(), newest, len(fresh)):
             log.info("%s: the feed answers again", name, extra={"source": name})
         self.catch_up.batch(len(fresh), newest, drained_at is None, clock.now())
         report = PollReport(
