@@ -10,6 +10,9 @@ import time
 log = logging.getLogger("feedhook.source")
 
 PROGRESS_INTERVAL = 10.0
+# A read of several pages that ends within the interval with fewer new events than this
+# is a source keeping up (TeamHub scans a few pages on every poll), not a catch-up.
+CATCH_UP_EVENTS = 1000
 
 
 def _span(seconds: float) -> str:
@@ -48,6 +51,9 @@ class CatchUp:
         self.events += events
         if not more:
             took = tick - self.started
+            self.started = None
+            if took < PROGRESS_INTERVAL and self.events < CATCH_UP_EVENTS:
+                return
             log.info(
                 "%s: caught up: %d events in %s (%.0f/s)",
                 self.source,
@@ -56,7 +62,6 @@ class CatchUp:
                 self.events / max(took, 1e-3),
                 extra={"source": self.source},
             )
-            self.started = None
             return
         if tick - self.last_line >= PROGRESS_INTERVAL:
             self.last_line = tick
