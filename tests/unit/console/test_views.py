@@ -205,6 +205,7 @@ async def test_dead_letters_listed_paged_shown_replayed_and_purged(
         admin,
         browser,
     ):
+
         async def five() -> bool:
             return await dead(admin, "strict") == 5
 
