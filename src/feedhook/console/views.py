@@ -211,14 +211,19 @@ def page(handler: Page) -> Handler:
         if request.method == "POST":
             form = await request.post()
             given = form.get("csrf")
-            if (
-                nonce is None
-                or not isinstance(given, str)
-                or not sessions.csrf_ok(nonce, given)
-                or not _same_origin(request)
-            ):
-                message = "This action needs a signed-in console page of this site; sign in."
-                return render(request, "error.html", status=403, title="Refused", message=message)
+            refused = None
+            if nonce is None:
+                refused = "This action needs a signed-in browser: sign in, then try again."
+            elif not _same_origin(request):
+                refused = (
+                    f"This action came from a page of another site ({request.headers['Origin']},"
+                    f" while this is {request.host}). Behind a proxy, pass the Host header"
+                    " through unchanged."
+                )
+            elif not isinstance(given, str) or not sessions.csrf_ok(nonce, given):
+                refused = "This form is not from this browser's session: reload the page."
+            if refused is not None or nonce is None:
+                return render(request, "error.html", status=403, title="Refused", message=refused)
         elif nonce is None:
             if request.path == "/console/overview":
                 return web.Response(status=401, text="signed out", headers=HEADERS)

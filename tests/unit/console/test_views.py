@@ -146,10 +146,12 @@ async def test_actions_need_the_session_form_value_and_this_site(
     ):
         await eventually(lambda: dead(admin, "strict"), what="the dead letter")
         await browser.sign_in()
-        assert (await browser.post("/dead-letters/1/replay", {}))[0] == 403
-        assert (await browser.post("/dead-letters/1/replay", {"csrf": "x" * 64}))[0] == 403
-        status, _, _ = await browser.post("/dead-letters/1/replay", Origin="http://evil.example")
-        assert status == 403 and await dead(admin, "strict") == 1
+        for form in ({}, {"csrf": "x" * 64}):
+            status, text, _ = await browser.post("/dead-letters/1/replay", form)
+            assert status == 403 and "not from this browser&#39;s session" in text
+        status, text, _ = await browser.post("/dead-letters/1/replay", Origin="http://evil.example")
+        assert status == 403 and "another site (http://evil.example" in text
+        assert await dead(admin, "strict") == 1
         receiver.answer("strict", 200)
         status, _, r = await browser.post("/dead-letters/1/replay")
         assert status == 303
