@@ -145,6 +145,7 @@ async def test_dead_letter_workflow(cli: Cli, sequence_feed: SimFeed, receiver: 
         status = json.loads((await cli.run("status", "--json"))[1])
         assert status["subscriptions"]["ok"] == {
             "configured": True,
+            "url": receiver.url("ok"),
             "pending": 0,
             "delivered": 3,
             "dead": 0,

@@ -22,6 +22,10 @@ from conftest import Cli, eventually, one_feed
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -76,7 +80,20 @@ class Browser:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
     def wait(self, check: Callable[[], Any], timeout: float = 15) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(lambda _: check())
+        # A page being replaced mid-look leaves stale elements: look again.
+        ignored = (StaleElementReferenceException, NoSuchElementException)
+        waiting = WebDriverWait(self.driver, timeout, 0.1, ignored_exceptions=ignored)
+        return waiting.until(lambda _: check())
+
+    def click(self, css: str = "", link: str = "") -> None:
+        """Click, finding the element again if the page's refresh replaced it."""
+
+        def clicked() -> bool:
+            found = self.driver.find_element(By.LINK_TEXT, link) if link else self.find(css)
+            found.click()
+            return True
+
+        self.wait(clicked)
 
     def sign_in(self, token: str) -> None:
         self.open("/")
@@ -142,16 +159,16 @@ async def test_an_operator_signs_in_watches_and_replays_a_dead_letter(
             await call(b.driver.save_screenshot, str(screenshots / "console-overview.png"))
 
         # strict's dead letters, the first one, replayed after a confirmation.
-        await call(lambda: b.find('a[href="/dead-letters?subscription=strict"]').click())
+        await call(b.click, 'a[href="/dead-letters?subscription=strict"]')
         await call(b.wait, lambda: "Dead letters of strict" in b.text())
-        await call(lambda: b.find("table.letters tbody tr:first-child td a").click())
+        await call(b.click, "table.letters tbody tr:first-child td a")
         await call(b.wait, lambda: "The receiver's answer" in b.text())
         text = await call(b.text)
         assert "HTTP 422" in text and '"specversion": "1.0"' in text
         receiver.answer("strict", 200)
-        await call(lambda: b.driver.find_element(By.LINK_TEXT, "Replay").click())
+        await call(b.click, "", "Replay")
         await call(b.wait, lambda: "Replay dead letter" in b.text())
-        await call(lambda: b.find("form.confirm button").click())
+        await call(b.click, "form.confirm button")
         await call(b.wait, lambda: "Replayed 1 dead letter(s)" in b.text())
         await eventually(lambda: len(receiver.ok("strict")) == 1, what="the replayed delivery")
 
@@ -199,7 +216,7 @@ async def test_without_the_token_nothing_is_shown_and_no_action_works(
             "<input name=csrf value=x><button id=go>go</button></form>"
         )
         await call(b.driver.get, f"data:text/html,{forged}")
-        await call(lambda: b.find("#go").click())
+        await call(b.click, "#go")
         await call(b.wait, lambda: "Refused" in b.text())
         receiver.answer("strict", 200)
         await asyncio.sleep(1.5)
