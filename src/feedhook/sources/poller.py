@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -53,6 +53,21 @@ class PollReport:
     # Subjects fetched for these pages, by outcome, and how long the batch waited.
     subjects: Mapping[str, int] = field(default_factory=dict)
     enrich_wait: float | None = None
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing new, nothing failed, nothing fetched: the feed was only read."""
+        return not (
+            self.types
+            or self.filter_errors
+            or self.malformed
+            or self.subjects
+            or self.enrich_wait is not None
+        )
+
+    def then(self, later: PollReport) -> PollReport:
+        """This quiet report and a later quiet one, as one."""
+        return replace(later, pages=self.pages + later.pages)
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from its items, counting pairs.
