@@ -21,7 +21,9 @@ from feedhook import clock
 from feedhook.app import Worker
 from feedhook.console.session import COOKIE, Sessions
 from feedhook.delivery.activity import Summary
+from feedhook.logs import redact
 from feedhook.report import dead_letter_document, trace_document
+from feedhook.store.base import StoreError
 
 log = logging.getLogger("feedhook.console")
 
@@ -243,6 +245,15 @@ def page(handler: Page) -> Handler:
         visit = Visit(worker, sessions.csrf(nonce))
         try:
             return await handler(request, visit)
+        except StoreError as exc:  # the database is away: say so, the worker carries on
+            return render(
+                request,
+                "error.html",
+                status=503,
+                visit=visit,
+                title="The database is not answering",
+                message=f"{redact(str(exc))} This page works again once it answers.",
+            )
         except Exception:
             log.exception("console request %s %s failed", request.method, request.path)
             return render(

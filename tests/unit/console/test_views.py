@@ -14,6 +14,7 @@ import pytest
 
 from feedhook.console import views
 from feedhook.sim import Receiver, SimFeed
+from feedhook.store.base import StoreError
 
 from conftest import ADMIN_TOKEN, SECRET, Admin, admin_for, eventually, one_feed
 
@@ -284,3 +285,21 @@ async def test_a_subscription_is_disabled_after_asking_and_enabled_again(
         assert (await browser.post("/subscriptions/all/enable"))[0] == 303
         await eventually(lambda: len(receiver.ok("all")) == 2, what="the backlog")
         assert (await browser.get("/subscriptions/nope/disable"))[0] == 404
+
+
+async def test_a_database_that_does_not_answer_is_said_so(
+    tmp_path: Path,
+    sequence_feed: SimFeed,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store error on a page: 503 and its message, not a traceback or a blank page."""
+    async with console(tmp_path, one_feed(sequence_feed, receiver, all={})) as (admin, browser):
+        await browser.sign_in()
+
+        async def away() -> None:
+            raise StoreError("cannot reach the database at db.example:5432 (timeout)")
+
+        monkeypatch.setattr(admin.worker.store, "status", away)
+        status, page, _ = await browser.get("/")
+        assert status == 503 and "cannot reach the database at db.example:5432" in page
