@@ -24,6 +24,7 @@ from feedhook.config import (
     parse_duration,
     redact_url,
 )
+from feedhook.config.values import format_duration
 from feedhook.process import run_async, tune_gc
 from feedhook.report import dead_letter_document, status_document, trace_document
 from feedhook.settings import Settings, SettingsError, load_settings
@@ -391,16 +392,8 @@ def _when(iso: str | None) -> str:
         return "never"
     moment = datetime.fromisoformat(iso)
     delta = time.time() - moment.timestamp()
-    relative = f"{_ago(delta)} ago" if delta >= 0 else f"in {_ago(-delta)}"
+    relative = f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
     return f"{moment:%Y-%m-%d %H:%M:%S}Z ({relative})"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

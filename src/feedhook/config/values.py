@@ -36,6 +36,18 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as people read them in a log line or a table: '45s', '12m', '3.5h', '2.0d'."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 def _http_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"not an http(s) URL: {value!r}")

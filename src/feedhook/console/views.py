@@ -19,6 +19,7 @@ from aiohttp import web
 
 from feedhook import clock
 from feedhook.app import Worker
+from feedhook.config.values import format_duration
 from feedhook.console.session import COOKIE, Sessions
 from feedhook.delivery.activity import Summary
 from feedhook.logs import redact
@@ -59,16 +60,6 @@ NOTICES = {
 DONE = {"replay": "replayed", "purge": "purged", "disable": "disabled", "enable": "enabled"}
 
 
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
 def _timestamp(value: str | float | None) -> float | None:
     if value is None or isinstance(value, float | int):
         return value
@@ -83,7 +74,7 @@ def ago(value: str | float | None) -> str:
     delta = clock.now() - at
     if abs(delta) < 1:
         return "just now"
-    return f"{_ago(delta)} ago" if delta > 0 else f"in {_ago(-delta)}"
+    return f"{format_duration(delta)} ago" if delta > 0 else f"in {format_duration(-delta)}"
 
 
 def moment(value: str | float | None) -> str:
@@ -413,6 +404,30 @@ async def dead_letter(request: web.Request, visit: Visit) -> web.StreamResponse:
     )
 
 
+def _confirm(
+    request: web.Request,
+    visit: Visit,
+    action: str,
+    what: str,
+    explanation: str,
+    cancel: str,
+    nav: str = "dead",
+) -> web.Response:
+    """The page that asks before an action: its button posts the same path."""
+    question = f"{action.capitalize()} {what}?"
+    return render(
+        request,
+        "confirm.html",
+        visit=visit,
+        title=question,
+        nav=nav,
+        question=question,
+        explanation=explanation,
+        action=action,
+        cancel=cancel,
+    )
+
+
 # What replaying or purging does, said of one dead letter and of all of a subscription's.
 ACTIONS = {
     "replay": (
@@ -434,16 +449,12 @@ async def one_letter(request: web.Request, visit: Visit) -> web.StreamResponse:
     if letter is None:
         return _missing(request, visit, f"No dead letter {request.match_info['id']}.")
     if request.method == "GET":
-        return render(
+        return _confirm(
             request,
-            "confirm.html",
-            visit=visit,
-            title=f"{action.capitalize()} dead letter {letter['id']}",
-            nav="dead",
-            question=f"{action.capitalize()} dead letter {letter['id']}"
-            f" ({letter['envelope_id']} to {letter['subscription']})?",
-            explanation=ACTIONS[action][0],
-            action=action,
+            visit,
+            action,
+            f"dead letter {letter['id']} ({letter['envelope_id']} to {letter['subscription']})",
+            ACTIONS[action][0],
             cancel=f"/dead-letters/{letter['id']}",
         )
     worker = visit.worker
@@ -462,15 +473,12 @@ async def all_letters(request: web.Request, visit: Visit) -> web.StreamResponse:
     worker = visit.worker
     if request.method == "GET":
         waiting = (await worker.status())["subscriptions"].get(name, {}).get("dead", 0)
-        return render(
+        return _confirm(
             request,
-            "confirm.html",
-            visit=visit,
-            title=f"{action.capitalize()} all of {name}",
-            nav="dead",
-            question=f"{action.capitalize()} all {waiting} dead letter(s) of {name}?",
-            explanation=ACTIONS[action][1],
-            action=action,
+            visit,
+            action,
+            f"all {waiting} dead letter(s) of {name}",
+            ACTIONS[action][1],
             cancel=f"/dead-letters?{urlencode({'subscription': name})}",
         )
     if action == "replay":
@@ -513,20 +521,13 @@ async def subscription_state(request: web.Request, visit: Visit) -> web.StreamRe
     if name not in worker.config.subscriptions:
         return _missing(request, visit, f"No subscription {name} is configured.")
     if request.method == "GET":
-        return render(
-            request,
-            "confirm.html",
-            visit=visit,
-            title=f"{action.capitalize()} {name}",
-            nav="overview",
-            question=f"{action.capitalize()} {name}?",
-            explanation="Nothing is sent to it until it is enabled again; its deliveries"
-            " wait as pending, none is lost."
+        explanation = (
+            "Nothing is sent to it until it is enabled again; its deliveries wait as"
+            " pending, none is lost."
             if action == "disable"
-            else "Its waiting deliveries go out in order.",
-            action=action,
-            cancel="/",
+            else "Its waiting deliveries go out in order."
         )
+        return _confirm(request, visit, action, name, explanation, cancel="/", nav="overview")
     await worker.set_enabled(name, action == "enable")
     return _see(f"/?{urlencode({'done': DONE[action], 'name': name})}")
 

@@ -7,23 +7,14 @@ from __future__ import annotations
 import logging
 import time
 
+from feedhook.config.values import format_duration
+
 log = logging.getLogger("feedhook.source")
 
 PROGRESS_INTERVAL = 10.0
 # A read of several pages that ends within the interval with fewer new events than this
 # is a source keeping up (TeamHub scans a few pages on every poll), not a catch-up.
 CATCH_UP_EVENTS = 1000
-
-
-def _span(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 class CatchUp:
@@ -58,7 +49,7 @@ class CatchUp:
                 "%s: caught up: %d events in %s (%.0f/s)",
                 self.source,
                 self.events,
-                _span(took),
+                format_duration(took),
                 self.events / max(took, 1e-3),
                 extra={"source": self.source},
             )
@@ -71,9 +62,9 @@ class CatchUp:
             )
             if self.newest is not None:
                 lag = now - self.newest
-                line += f", {_span(lag)} behind"
+                line += f", {format_duration(lag)} behind"
                 if self.first_newest is not None and self.newest > self.first_newest:
                     # Feed time read per second of ours: how long the rest should take.
                     speed = (self.newest - self.first_newest) / elapsed
-                    line += f", about {_span(lag / speed)} to go"
+                    line += f", about {format_duration(lag / speed)} to go"
             log.info(line, extra={"source": self.source})
