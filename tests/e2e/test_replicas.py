@@ -9,11 +9,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from feedhook.sim import Receiver, SimFeed
 
 from conftest import Cli, PostgresServer, eventually, source, subscription
+
+TOKEN = "replicas-admin-token"
 
 
 def replica(tmp_path: Path, n: int, url: str, raw: dict[str, Any]) -> Cli:
@@ -22,8 +25,20 @@ def replica(tmp_path: Path, n: int, url: str, raw: dict[str, Any]) -> Cli:
     cli.config = cli.dir / "hooks.yaml"
     cli.env["FEEDHOOK_DB"] = url
     cli.env["FEEDHOOK_LEASE"] = "3s"
+    cli.env["FEEDHOOK_ADMIN_TOKEN"] = TOKEN
     cli.write_config(raw)
     return cli
+
+
+async def console_overview(cli: Cli) -> str:
+    """The overview a signed-in browser gets from this replica's console."""
+    jar = aiohttp.CookieJar(unsafe=True)  # keep the cookie of 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(f"{cli.admin}/sign-in", data={"token": TOKEN}) as signed_in:
+            assert signed_in.status == 200
+        async with browser.get(f"{cli.admin}/console/overview") as overview:
+            assert overview.status == 200
+            return await overview.text()
 
 
 def _parent(pid: int) -> int:
@@ -89,6 +104,13 @@ async def test_three_replicas_one_killed_lose_nothing(
         try:
             await eventually(spread, timeout=20, what="the sources spread over two replicas")
             mov_spread_at = len(movida_feed.requests)
+            # Any replica's console says which replica polls each source.
+            overview = await console_overview(replicas[2])
+            assert "Polled by" in overview
+            for name, poller in pollers.items():
+                host, pid, _ = poller.split(":")
+                row = overview[overview.index(f'<th scope="row">{name}') :]
+                assert f"<td>{host}:{pid}</td>" in row[: row.index("</tr>")], name
             await eventually(lambda: len(receiver.ok()) >= 600, timeout=60, what="600")
             pollers.update(dict(await db.fetch("SELECT name, poller FROM sources")))
             seq_child = int(pollers["seq"].split(":")[1])
