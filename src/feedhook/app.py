@@ -20,7 +20,7 @@ from feedhook import __version__, clock, logs
 from feedhook.config import Config, ConfigChanges, ConfigError, load_config
 from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.activity import Summary
-from feedhook.delivery.transport import AiohttpTransport, new_session
+from feedhook.delivery.transport import open_transport
 from feedhook.health import SourceHealth
 from feedhook.ingest import Ingest
 from feedhook.ingest.child import ChildProcessIngest
@@ -151,11 +151,11 @@ class Worker:
             log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
         observer = self._observer = WorkerObserver(self.metrics, self._wake)
         async with AsyncExitStack() as stack:
-            session = await stack.enter_async_context(new_session())
+            transport = await stack.enter_async_context(open_transport())
             dispatcher = Dispatcher(
                 self.store,
                 self.config.subscriptions,
-                Sender(AiohttpTransport(session), f"feedhook/{__version__}", self.origin),
+                Sender(transport, f"feedhook/{__version__}", self.origin),
                 grace=self.grace,
                 metrics=self.metrics,
             )

@@ -25,7 +25,7 @@ from feedhook.config import (
     redact_url,
 )
 from feedhook.config.values import format_duration
-from feedhook.process import run_async, tune_gc
+from feedhook.process import run_async, tune_runtime
 from feedhook.report import dead_letter_document, status_document, trace_document
 from feedhook.settings import Settings, SettingsError, load_settings
 from feedhook.store import (
@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     path = _config_path(args, settings)
     config = load_config(path)
     logs.redact.update(config.secret_values() | {settings.admin_token or ""})
-    tune_gc()
+    tune_runtime()
 
     async def run() -> int:
         runtime = Runtime()

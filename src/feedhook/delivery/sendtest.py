@@ -9,7 +9,7 @@ from feedhook import __version__, logs
 from feedhook.config import SubscriptionConfig, redact_url
 from feedhook.delivery.dispatcher import Lane
 from feedhook.delivery.sender import Sender
-from feedhook.delivery.transport import AiohttpTransport, new_session
+from feedhook.delivery.transport import open_transport
 from feedhook.envelope import make_envelope
 
 
@@ -24,8 +24,8 @@ async def send_test(name: str, config: SubscriptionConfig) -> int:
         data={"system": "feedhook", "message": f"test delivery to subscription {name}"},
     )
     lane = Lane.build(name, config)
-    async with new_session() as session:
-        result = await Sender(AiohttpTransport(session), f"feedhook/{__version__}").attempt(
+    async with open_transport() as transport:
+        result = await Sender(transport, f"feedhook/{__version__}").attempt(
             config.url, envelope.id, envelope.body, lane.signer, config.headers, config.timeout
         )
     where = redact_url(config.url, query=True)

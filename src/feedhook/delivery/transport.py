@@ -5,15 +5,29 @@ transport only moves bytes, so another client can be measured or adopted behind 
 seam without touching the delivery contract (httpx's `handle_async_request` is the
 model). Its contract: redirects are never followed, `timeout` bounds the whole
 exchange, at most READ_LIMIT bytes of an answer are read, connections are reused, TLS
-is verified; no answer is a TransportError whose message says why in words."""
+is verified; no answer is a TransportError whose message says why in words.
+
+Deliveries go out through pyreqwest (Rust's reqwest and hyper, on a thread of their
+own): measured in one run against aiohttp behind this seam, the same signed deliveries
+cost about half the CPU (bench/transport.py, BENCHMARKS.md). aiohttp is the fallback
+where pyreqwest is not installed; both pass the same contract tests."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from pyreqwest.client import Client
+    from pyreqwest.exceptions import PyreqwestError
+
+log = logging.getLogger("feedhook.delivery")
 
 # Enough to keep the connection reusable for ordinary replies; the sender keeps 1 KB.
 READ_LIMIT = 64 * 1024
@@ -39,6 +53,20 @@ class Transport(Protocol):
         body: bytes | None,
         timeout: float,
     ) -> Response: ...
+
+
+@asynccontextmanager
+async def open_transport() -> AsyncIterator[Transport]:
+    """The transport deliveries go through, open for as long as the block lasts."""
+    try:
+        client = new_client()
+    except ImportError:
+        log.info("pyreqwest is not installed: deliveries go out through aiohttp")
+        async with new_session() as session:
+            yield AiohttpTransport(session)
+        return
+    async with client:
+        yield ReqwestTransport(client)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -83,3 +111,75 @@ class AiohttpTransport:
             raise TransportError("the server closed the connection without answering") from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from None
+
+
+def new_client() -> Client:
+    """The one pool every delivery goes through (reqwest: hyper's keep-alive pool, TLS
+    verified against the system's trust store, SSL_CERT_FILE honoured). ImportError
+    without pyreqwest."""
+    from pyreqwest.client import ClientBuilder
+
+    return (
+        ClientBuilder()
+        .follow_redirects(False)
+        .gzip(False)
+        .brotli(False)
+        .zstd(False)
+        .deflate(False)
+        .pool_idle_timeout(timedelta(seconds=30))
+        .build()
+    )
+
+
+class ReqwestTransport:
+    """The transport over pyreqwest (Rust's reqwest and hyper): the request's bytes are
+    built, sent and parsed on reqwest's own thread, off the event loop."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._timeouts: dict[float, timedelta] = {}
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Response:
+        limit = self._timeouts.get(timeout)
+        if limit is None:
+            limit = self._timeouts[timeout] = timedelta(seconds=timeout)
+        from pyreqwest import exceptions as errors
+
+        builder = self.client.request(method, url).headers(headers).timeout(limit)
+        if body is not None:
+            builder = builder.body_bytes(body)
+        try:
+            async with builder.streamed_read_buffer_limit(READ_LIMIT).build_streamed() as answer:
+                # What has arrived, up to the limit: a longer reply only closes the connection.
+                reader, kept, size = answer.body_reader, [], 0
+                while size < READ_LIMIT:
+                    chunk = await reader.read(READ_LIMIT - size)
+                    if chunk is None:
+                        break
+                    kept.append(bytes(chunk))
+                    size += len(chunk)
+                return Response(answer.status, answer.headers, b"".join(kept))
+        except errors.RequestTimeoutError:
+            raise TransportError(f"no response within {timeout:g}s (timeout)") from None
+        except errors.ConnectError as exc:
+            why = _why(exc)
+            if why == "connection closed before message completed":  # hyper's words
+                raise TransportError("the server closed the connection without answering") from None
+            raise TransportError(f"cannot connect: {why}") from None
+        except errors.PyreqwestError as exc:
+            raise TransportError(f"{type(exc).__name__}: {_why(exc)}") from None
+
+
+def _why(exc: PyreqwestError) -> str:
+    """The innermost cause ("Connection refused (os error 111)", "invalid peer
+    certificate: UnknownIssuer"): the outer ones only repeat the URL, which may carry a
+    secret."""
+    causes = (getattr(exc, "details", None) or {}).get("causes") or []
+    return str(causes[-1]["message"]) if causes else exc.message

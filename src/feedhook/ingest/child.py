@@ -36,7 +36,7 @@ from feedhook import clock, logs
 from feedhook.config import Config
 from feedhook.health import SourceHealth
 from feedhook.ingest.local import InProcessIngest
-from feedhook.process import run_async, tune_gc
+from feedhook.process import run_async, tune_runtime
 from feedhook.settings import Settings
 from feedhook.sources.poller import PollObserver, PollReport
 from feedhook.store import open_store
@@ -279,7 +279,7 @@ def main() -> int:
     # Reports get stdout to themselves: nothing else may print into the pipe.
     reports = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    tune_gc()
+    tune_runtime()
     code = 1
     try:
         code = run_async(_child(sys.argv[1], reports, settings))

@@ -247,6 +247,89 @@ LOCK_WAIT = 10.0
 LOCK_BACKOFF_MAX = 0.25
 
 
+def _ingest_transaction(
+    db: sqlite3.Connection,
+    source: str,
+    unique: list[IngestItem],
+    cursor: str,
+    subjects: list[tuple[Any, ...]],
+    now: float,
+) -> tuple[list[IngestItem], bool]:
+    """Store.ingest's transaction, run on the database thread: the events not stored
+    yet (each numbered in its source), their deliveries, the cursor and the subjects'
+    representations. Returns the new events and whether any delivery was added."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (known, sequence) = db.execute(
+            "SELECT (SELECT json_group_array(upstream_id) FROM events WHERE source = ?1"
+            " AND upstream_id IN (SELECT value FROM json_each(?2))),"
+            " coalesce((SELECT sequence FROM sources WHERE name = ?1), 0)",
+            (source, _json([i.upstream_id for i in unique])),
+        ).fetchone()
+        stored = set(orjson.loads(known))
+        new = [i for i in unique if i.upstream_id not in stored]
+        event_ids: dict[str, int] = {}
+        for start in range(0, len(new), INSERT_CHUNK):
+            chunk = new[start : start + INSERT_CHUNK]
+            rows = db.execute(
+                "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
+                " ingested_at) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
+                [
+                    value
+                    for n, i in enumerate(chunk, sequence + start + 1)
+                    for value in (
+                        source,
+                        i.upstream_id,
+                        i.envelope.id,
+                        i.envelope.type,
+                        sequenced(i.envelope.body, n),
+                        now,
+                    )
+                ],
+            ).fetchall()
+            event_ids.update(rows)
+        fresh = [i for i in new if i.upstream_id in event_ids]
+        deliveries = [
+            (event_ids[i.upstream_id], name, i.envelope.subject if name in i.ordered else None)
+            for i in fresh
+            for name in i.subscriptions
+        ]
+        if deliveries:
+            db.execute(
+                "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
+                " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
+                (now, _json(deliveries)),
+            )
+        # A page read is a successful poll: recorded with the cursor, no extra commit.
+        db.execute(
+            "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
+            " last_success_at, sequence) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO"
+            " UPDATE SET cursor = excluded.cursor,"
+            " cursor_updated_at = excluded.cursor_updated_at,"
+            " last_poll_at = excluded.last_poll_at,"
+            " last_success_at = excluded.last_success_at, last_error = NULL,"
+            " last_error_at = NULL, sequence = excluded.sequence",
+            (source, cursor, now, now, now, sequence + len(new)),
+        )
+        if subjects:
+            db.executemany(
+                "INSERT INTO subjects (source, url, representation, deleted, fetched_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, url) DO UPDATE SET"
+                " representation = excluded.representation, deleted = excluded.deleted,"
+                " fetched_at = excluded.fetched_at",
+                subjects,
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return fresh, bool(deliveries)
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
@@ -309,6 +392,14 @@ class _Connection:
 
     async def commit(self) -> None:
         await self._retry(self.raw.commit)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(connection, *args)` on the database thread, in one trip: for a
+        transaction whose statements must follow each other without waiting for the
+        event loop. aiosqlite runs each of its own calls this way (`_execute`); a
+        `fn` that found the database locked must have done nothing (it rolls back)."""
+        raw = self.raw
+        return await self._retry(raw._execute, lambda: fn(raw._conn, *args))
 
     async def rollback(self) -> None:
         await self.raw.rollback()
@@ -524,95 +615,24 @@ class SqliteStore:
         cursor: str,
         subjects: Sequence[Subject] = (),
     ) -> list[IngestItem]:
-        """See Store.ingest."""
+        """See Store.ingest: the whole transaction is one call on the database thread,
+        so the write lock is held for the statements alone, never across turns of the
+        event loop (which in the ingest process parses the next pages meanwhile: holding
+        the lock through those turns kept the worker's claims waiting)."""
         now = clock.now()
         first_seen: dict[str, IngestItem] = {}
         for item in items:
             first_seen.setdefault(item.upstream_id, item)
         unique = list(first_seen.values())
-        async with self._transaction() as db:
-            (before,) = await self._one(db, "SELECT coalesce(max(id), 0) FROM events")
-            # The new ones are told apart first: each gets the source's next number.
-            (known, sequence) = await self._one(
-                db,
-                "SELECT (SELECT json_group_array(upstream_id) FROM events WHERE source = ?1"
-                " AND upstream_id IN (SELECT value FROM json_each(?2))),"
-                " coalesce((SELECT sequence FROM sources WHERE name = ?1), 0)",
-                (source, _json([i.upstream_id for i in unique])),
+        stored_subjects = [
+            (source, x.url, encode(x.representation), x.deleted, x.fetched_at) for x in subjects
+        ]
+        fresh: list[IngestItem]
+        async with self._lock:
+            fresh, delivered_to = await self.db.run(
+                _ingest_transaction, source, unique, cursor, stored_subjects, now
             )
-            stored = set(orjson.loads(known))
-            unique = [i for i in unique if i.upstream_id not in stored]
-            bodies = [sequenced(i.envelope.body, sequence + n) for n, i in enumerate(unique, 1)]
-            sequence += len(unique)
-            for start in range(0, len(unique), INSERT_CHUNK):
-                chunk = unique[start : start + INSERT_CHUNK]
-                # The new ones get ids above `before`.
-                await db.execute(
-                    "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
-                    " ingested_at) VALUES "
-                    + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
-                    + " ON CONFLICT (source, upstream_id) DO NOTHING",
-                    [
-                        value
-                        for i, body in zip(chunk, bodies[start : start + INSERT_CHUNK], strict=True)
-                        for value in (
-                            source,
-                            i.upstream_id,
-                            i.envelope.id,
-                            i.envelope.type,
-                            body,
-                            now,
-                        )
-                    ],
-                )
-            event_ids: dict[str, int] = {}
-            if unique:
-                (inserted,) = await self._one(
-                    db,
-                    "SELECT json_group_array(json_array(upstream_id, id)) FROM events WHERE id > ?",
-                    (before,),
-                )
-                event_ids = dict(orjson.loads(inserted))
-            fresh = [i for i in unique if i.upstream_id in event_ids]
-            deliveries = [
-                (
-                    event_ids[i.upstream_id],
-                    name,
-                    i.envelope.subject if name in i.ordered else None,
-                )
-                for i in fresh
-                for name in i.subscriptions
-            ]
-            if deliveries:
-                await db.execute(
-                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                    " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
-                    " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
-                    (now, _json(deliveries)),
-                )
-            # A page read is a successful poll: recorded with the cursor, no extra commit.
-            await db.execute(
-                "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
-                " last_success_at, sequence) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO"
-                " UPDATE SET cursor = excluded.cursor,"
-                " cursor_updated_at = excluded.cursor_updated_at,"
-                " last_poll_at = excluded.last_poll_at,"
-                " last_success_at = excluded.last_success_at, last_error = NULL,"
-                " last_error_at = NULL, sequence = excluded.sequence",
-                (source, cursor, now, now, now, sequence),
-            )
-            if subjects:
-                await db.executemany(
-                    "INSERT INTO subjects (source, url, representation, deleted, fetched_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, url) DO UPDATE SET"
-                    " representation = excluded.representation, deleted = excluded.deleted,"
-                    " fetched_at = excluded.fetched_at",
-                    [
-                        (source, x.url, encode(x.representation), x.deleted, x.fetched_at)
-                        for x in subjects
-                    ],
-                )
-        if deliveries:
+        if delivered_to:
             self._work_arrived()
         return fresh
 

@@ -20,9 +20,12 @@ from cryptography.x509.oid import NameOID
 from feedhook.delivery.transport import (
     READ_LIMIT,
     AiohttpTransport,
+    ReqwestTransport,
     Transport,
     TransportError,
+    new_client,
     new_session,
+    open_transport,
 )
 
 from conftest import free_port
@@ -64,10 +67,14 @@ async def serve(
     return runner, f"{scheme}://127.0.0.1:{port}"
 
 
-@pytest.fixture
-async def transport() -> AsyncIterator[Transport]:
-    async with new_session() as session:
-        yield AiohttpTransport(session)
+@pytest.fixture(params=["reqwest", "aiohttp"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    if request.param == "aiohttp":
+        async with new_session() as session:
+            yield AiohttpTransport(session)
+    else:
+        async with new_client() as client:
+            yield ReqwestTransport(client)
 
 
 async def test_the_contract(transport: Transport) -> None:
@@ -92,6 +99,34 @@ async def test_the_contract(transport: Transport) -> None:
         await runner.cleanup()
     with pytest.raises(TransportError, match="cannot connect"):
         await transport.request("POST", f"http://127.0.0.1:{free_port()}/", {}, b"{}", 5)
+
+
+async def test_a_server_that_hangs_up_is_said_so(transport: Transport) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TransportError, match="closed the connection without answering"):
+            await transport.request("POST", f"http://127.0.0.1:{port}/", {}, b"{}", 5)
+    finally:
+        server.close()
+
+
+async def test_deliveries_go_through_pyreqwest_and_aiohttp_where_it_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_transport() as transport:
+        assert isinstance(transport, ReqwestTransport)
+
+    def missing() -> None:
+        raise ImportError("No module named 'pyreqwest'")
+
+    monkeypatch.setattr("feedhook.delivery.transport.new_client", missing)
+    async with open_transport() as transport:
+        assert isinstance(transport, AiohttpTransport)
 
 
 async def test_tls_is_verified(transport: Transport, tmp_path: Path) -> None:
