@@ -127,6 +127,9 @@ def new_client() -> Client:
         .zstd(False)
         .deflate(False)
         .pool_idle_timeout(timedelta(seconds=30))
+        # Header names go out as the sender spells them (lowercase, as Standard Webhooks
+        # does), not title-cased: a receiver that looks them up case-sensitively works.
+        .http1_lower_case_headers()
         .build()
     )
 

@@ -34,6 +34,7 @@ from conftest import free_port
 class Server:
     def __init__(self) -> None:
         self.peers: set[object] = set()
+        self.names: set[str] = set()  # header names as they came over the wire
         app = web.Application()
         app.router.add_post("/ok", self.ok)
         app.router.add_post("/moved", self.moved)
@@ -43,6 +44,7 @@ class Server:
 
     async def ok(self, request: web.Request) -> web.Response:
         self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        self.names.update(name.decode() for name, _ in request.raw_headers)
         return web.Response(text="fine", headers={"Retry-After": "7"})
 
     async def moved(self, request: web.Request) -> web.Response:
@@ -82,13 +84,16 @@ async def test_the_contract(transport: Transport) -> None:
     runner, base = await serve(server.app)
     try:
         for _ in range(5):
-            answer = await transport.request("POST", f"{base}/ok", {}, b"{}", 5)
+            answer = await transport.request(
+                "POST", f"{base}/ok", {"webhook-id": "msg_1"}, b"{}", 5
+            )
             assert (answer.status, answer.body, answer.headers["retry-after"]) == (
                 200,
                 b"fine",
                 "7",
             )
         assert len(server.peers) == 1  # one connection, kept alive
+        assert "webhook-id" in server.names  # names sent as spelled, not title-cased
         moved = await transport.request("POST", f"{base}/moved", {}, b"{}", 5)
         assert moved.status == 302 and moved.headers["Location"] == "/ok"  # not followed
         big = await transport.request("POST", f"{base}/big", {}, b"{}", 5)
