@@ -130,6 +130,8 @@ def new_client() -> Client:
         # Header names go out as the sender spells them (lowercase, as Standard Webhooks
         # does), not title-cased: a receiver that looks them up case-sensitively works.
         .http1_lower_case_headers()
+        # HTTP/1.1 as before, also where a receiver's TLS would offer HTTP/2.
+        .http1_only()
         .build()
     )
 
