@@ -31,12 +31,12 @@ from feedhook.app import Worker
 from feedhook.config import SubscriptionConfig, load_config, parse_config
 from feedhook.envelope import Envelope, make_envelope
 from feedhook.health import SourceHealth
+from feedhook.ingest import PollReport
 from feedhook.router import Router
 from feedhook.settings import Settings
 from feedhook.sim import Receiver, SimFeed, SimModulo, SimTeamHub
 from feedhook.sim.postgres import PostgresServer, postgres_bin
 from feedhook.sources.base import Page, Source
-from feedhook.sources.poller import PollReport
 from feedhook.store import IngestItem, SqliteStore
 
 FIXTURES = Path(__file__).parent / "fixtures"

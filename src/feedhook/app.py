@@ -22,12 +22,10 @@ from feedhook.delivery import Dispatcher, Sender
 from feedhook.delivery.activity import Summary
 from feedhook.delivery.transport import open_transport
 from feedhook.health import SourceHealth
-from feedhook.ingest import Ingest
-from feedhook.ingest.child import ChildProcessIngest
-from feedhook.ingest.local import InProcessIngest
+from feedhook.ingest import Ingest, PollReport
+from feedhook.ingest.child import ChildProcessIngest, ChildSettings
 from feedhook.metrics import Metrics
 from feedhook.report import status_document
-from feedhook.sources.poller import PollReport
 from feedhook.store.base import (
     DISABLED_BY_OPERATOR,
     DeadLetter,
@@ -79,8 +77,8 @@ class WorkerObserver:
 class Worker:
     """Polls every source into the store and delivers what is due, until `stop()`.
 
-    With `ingest_store` (the URL of the store `store` has open), the pollers run in an
-    ingest process of their own; without, in this one."""
+    With `ingest_process` (the settings of a child over the store `store` has open), the
+    pollers run in an ingest process of their own; without, in this one."""
 
     def __init__(
         self,
@@ -89,7 +87,7 @@ class Worker:
         grace: float = 8.0,
         metrics: Metrics | None = None,
         config_path: str | Path | None = None,
-        ingest_store: str | None = None,
+        ingest_process: ChildSettings | None = None,
         origin: str | None = None,
     ) -> None:
         self.config = config
@@ -98,7 +96,7 @@ class Worker:
         self.grace = grace
         self.metrics = metrics or Metrics()
         self.config_path = config_path
-        self.ingest_store = ingest_store
+        self.ingest_process = ingest_process
         self.dispatcher: Dispatcher | None = None
         self.ingest: Ingest | None = None
         self.running = False
@@ -160,11 +158,14 @@ class Worker:
                 metrics=self.metrics,
             )
             self.dispatcher = dispatcher
-            if self.ingest_store is not None:
+            if self.ingest_process is not None:
                 ingest: Ingest = ChildProcessIngest(
-                    self.config, self.ingest_store, observer, self.metrics.ingest_restarts.inc
+                    self.config, self.ingest_process, observer, self.metrics.ingest_restarts.inc
                 )
             else:
+                # Imported here: with the ingest process, this one needs no feed code.
+                from feedhook.ingest.local import InProcessIngest
+
                 ingest = InProcessIngest(self.config, self.store, observer)
             self.ingest = ingest
             async with asyncio.TaskGroup() as tasks:
@@ -180,7 +181,7 @@ class Worker:
                     "feedhook %s running: %d sources%s, %d subscriptions",
                     __version__,
                     len(self.config.sources),
-                    " (in an ingest process)" if self.ingest_store is not None else "",
+                    " (in an ingest process)" if self.ingest_process is not None else "",
                     len(self.config.subscriptions),
                 )
                 await self._stop.wait()

@@ -220,6 +220,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> Config:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from feedhook.admin import AdminError, AdminServer, Runtime
     from feedhook.app import Worker, signal_handlers
+    from feedhook.ingest.child import ChildSettings
 
     path = _config_path(args, settings)
     config = load_config(path)
@@ -237,7 +238,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                     store,
                     grace=args.grace,
                     config_path=path,
-                    ingest_store=settings.db if settings.ingest_process else None,
+                    ingest_process=ChildSettings.of(settings) if settings.ingest_process else None,
                     origin=settings.origin,
                 )
                 runtime.worker = worker

@@ -42,7 +42,7 @@ SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|password|cookie", re.I)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 # --- sources -------------------------------------------------------------------------

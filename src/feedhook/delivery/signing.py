@@ -1,6 +1,7 @@
 """Standard Webhooks signatures of "id.timestamp.body": `v1,<base64 HMAC-SHA256>` with a
 `whsec_` secret, `v1a,<base64 ed25519>` with a `whsk_` signing key (receivers verify with
-the `whpk_` public key alone). ed25519 comes from `cryptography`."""
+the `whpk_` public key alone). ed25519 comes from `cryptography`, imported only where a
+signing key is used: most workers never need its 6 MB."""
 
 from __future__ import annotations
 
@@ -9,16 +10,12 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from typing import TYPE_CHECKING
 
 from feedhook.config.values import ed25519_key_bytes
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 def secret_key(secret: str) -> bytes:
@@ -28,11 +25,21 @@ def secret_key(secret: str) -> bytes:
 
 def signing_key(key: str) -> Ed25519PrivateKey:
     """The ed25519 private key inside a `whsk_<base64>` signing key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.from_private_bytes(ed25519_key_bytes(key))
 
 
 def new_key_pair() -> tuple[str, str]:
     """A fresh `whsk_` signing key and its `whpk_` public key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
     private = Ed25519PrivateKey.generate()
     raw = Encoding.Raw
     seed = private.private_bytes(raw, PrivateFormat.Raw, NoEncryption())

@@ -28,18 +28,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from dataclasses import asdict, dataclass
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from feedhook import clock, logs
 from feedhook.config import Config
 from feedhook.health import SourceHealth
-from feedhook.ingest.local import InProcessIngest
+from feedhook.ingest import PollObserver, PollReport
 from feedhook.process import run_async, tune_runtime
-from feedhook.settings import Settings
-from feedhook.sources.poller import PollObserver, PollReport
 from feedhook.store import open_store
+
+if TYPE_CHECKING:
+    from feedhook.settings import Settings
 
 log = logging.getLogger("feedhook")
 
@@ -49,6 +51,29 @@ STEADY_AFTER = 60.0  # a child that ran this long counts as healthy: delays star
 LINE_LIMIT = 1 << 20
 
 
+@dataclass(frozen=True)
+class ChildSettings:
+    """What the ingest process needs of the worker's settings. It comes down the pipe
+    first, as JSON: the child loads no settings parser of its own (pydantic-settings is
+    6 MB), and the store's URL, which may hold a password, never shows in `ps`."""
+
+    store_url: str
+    log_level: str
+    log_format: str
+    lease: float
+    admin_token: str | None  # masked in the child's logs like the config's secrets
+
+    @classmethod
+    def of(cls, settings: Settings) -> ChildSettings:
+        return cls(
+            settings.db,
+            settings.log_level,
+            settings.log_format,
+            settings.lease,
+            settings.admin_token,
+        )
+
+
 class ChildProcessIngest:
     """The main process's side: starts the child, forwards config, reads its reports,
     restarts it if it dies. The same interface as InProcessIngest (see ingest.Ingest)."""
@@ -56,12 +81,12 @@ class ChildProcessIngest:
     def __init__(
         self,
         config: Config,
-        store_url: str,
+        settings: ChildSettings,
         observer: PollObserver,
         on_restart: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
-        self.store_url = store_url
+        self.settings = settings
         self.observer = observer
         self.on_restart = on_restart
         self.health: dict[str, SourceHealth] = {}
@@ -118,13 +143,14 @@ class ChildProcessIngest:
             sys.executable,
             "-m",
             "feedhook.ingest.child",
-            self.store_url,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
         )
         self._proc = proc
         try:
+            assert proc.stdin is not None
+            proc.stdin.write(_frame(orjson.dumps(asdict(self.settings))))
             self._send(proc, self.config)
             reading = asyncio.ensure_future(self._read(proc))
             stopping = asyncio.ensure_future(self._stop.wait())
@@ -152,8 +178,7 @@ class ChildProcessIngest:
 
     def _send(self, proc: asyncio.subprocess.Process, config: Config) -> None:
         assert proc.stdin is not None
-        data = pickle.dumps(config)
-        proc.stdin.write(len(data).to_bytes(4, "big") + data)
+        proc.stdin.write(_frame(pickle.dumps(config)))
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -237,6 +262,26 @@ class PipeObserver:
         self._send(health, cause=cause)
 
 
+def _frame(data: bytes) -> bytes:
+    """One message down the pipe: its length in 4 bytes, then the bytes."""
+    return len(data).to_bytes(4, "big") + data
+
+
+def _read_settings() -> ChildSettings | None:
+    """The first message, read from the pipe before the event loop takes it over: with
+    os.read, exactly its bytes (a buffered read would take the config's too)."""
+    head = _read_exactly(4)
+    body = _read_exactly(int.from_bytes(head, "big")) if len(head) == 4 else b""
+    return ChildSettings(**orjson.loads(body)) if body else None
+
+
+def _read_exactly(size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := os.read(0, size - len(data))):
+        data += chunk
+    return data
+
+
 async def _receive(reader: asyncio.StreamReader) -> Config | None:
     """The next config from the main process; None at end of file (time to stop)."""
     try:
@@ -248,7 +293,11 @@ async def _receive(reader: asyncio.StreamReader) -> Config | None:
     return config
 
 
-async def _child(store_url: str, reports: IO[bytes], settings: Settings) -> int:
+async def _child(settings: ChildSettings, reports: IO[bytes]) -> int:
+    # Here, not at the top: the worker imports this module for ChildProcessIngest and
+    # needs none of the feeds' code.
+    from feedhook.ingest.local import InProcessIngest
+
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -256,7 +305,7 @@ async def _child(store_url: str, reports: IO[bytes], settings: Settings) -> int:
     if config is None:
         return 0
     logs.redact.update(config.secret_values() | {settings.admin_token or ""})
-    async with open_store(store_url, lease=settings.lease) as store:
+    async with open_store(settings.store_url, lease=settings.lease) as store:
         ingest = InProcessIngest(config, store, PipeObserver(reports))
 
         async def listen() -> None:
@@ -272,7 +321,9 @@ async def _child(store_url: str, reports: IO[bytes], settings: Settings) -> int:
 
 
 def main() -> int:
-    settings = Settings()
+    settings = _read_settings()
+    if settings is None:
+        return 0  # the main process went away before it said anything
     logs.setup(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the main process decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -282,7 +333,7 @@ def main() -> int:
     tune_runtime()
     code = 1
     try:
-        code = run_async(_child(sys.argv[1], reports, settings))
+        code = run_async(_child(settings, reports))
     except* BrokenPipeError:
         code = 0  # the main process is gone: nothing left to report to
     except* Exception as failed:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from feedhook.config import Config, ConfigChanges, SourceConfig
 from feedhook.health import SourceHealth
+from feedhook.ingest import PollObserver
 from feedhook.router import Router
 from feedhook.sources import Source, build_source
-from feedhook.sources.poller import Poller, PollObserver
+from feedhook.sources.poller import Poller
 from feedhook.store.base import Store
 
 

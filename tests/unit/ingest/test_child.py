@@ -9,9 +9,8 @@ import orjson
 import pytest
 
 from feedhook.health import SourceHealth
-from feedhook.ingest import child
+from feedhook.ingest import PollReport, child
 from feedhook.ingest.child import PipeObserver
-from feedhook.sources.poller import PollReport
 
 
 def lines(out: io.BytesIO) -> list[dict]:
