@@ -9,12 +9,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import wraps
+from functools import cache, wraps
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import jinja2
 from aiohttp import web
 
 from feedhook import clock
@@ -97,14 +96,21 @@ def size(count: int | None) -> str:
     return f"{count} B"
 
 
-TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-TEMPLATES.filters.update(ago=ago, moment=moment, millis=millis, size=size)
+@cache
+def templates() -> Any:
+    """The pages' templates, loaded with Jinja2 when the first page is shown: a worker
+    whose console nobody opens does not hold the template engine."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(ago=ago, moment=moment, millis=millis, size=size)
+    return environment
 
 
 def chart(minutes: tuple[tuple[int, int], ...]) -> dict[str, Any]:
@@ -158,7 +164,7 @@ def render(
     def static(name: str) -> str:
         return str(request.app.router["static"].url_for(filename=name))
 
-    text = TEMPLATES.get_template(template).render(
+    text = templates().get_template(template).render(
         static=static,
         signed_in=visit is not None,
         csrf=visit.csrf if visit is not None else "",
