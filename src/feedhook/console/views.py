@@ -164,7 +164,8 @@ def render(
     def static(name: str) -> str:
         return str(request.app.router["static"].url_for(filename=name))
 
-    text = templates().get_template(template).render(
+    page = templates().get_template(template)
+    text = page.render(
         static=static,
         signed_in=visit is not None,
         csrf=visit.csrf if visit is not None else "",

@@ -134,21 +134,39 @@ async def test_deliveries_go_through_pyreqwest_and_aiohttp_where_it_is_missing(
         assert isinstance(transport, AiohttpTransport)
 
 
-async def test_tls_is_verified(transport: Transport, tmp_path: Path) -> None:
-    """A receiver with a certificate nobody vouches for gets no request."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+def certificate(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None = None,
+    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+) -> x509.Certificate:
+    """Self-signed without an issuer (a CA when it signs others); else issued for the
+    host `name`."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
         .public_key(key.public_key())
-        .serial_number(1)
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
+    if issuer is None:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+async def serve_tls(
+    tmp_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[web.AppRunner, str]:
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "key.pem").write_bytes(
         key.private_bytes(
@@ -159,7 +177,13 @@ async def test_tls_is_verified(transport: Transport, tmp_path: Path) -> None:
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    runner, base = await serve(Server().app, context)
+    return await serve(Server().app, context)
+
+
+async def test_tls_is_verified(transport: Transport, tmp_path: Path) -> None:
+    """A receiver with a certificate nobody vouches for gets no request."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    runner, base = await serve_tls(tmp_path, certificate("127.0.0.1", key), key)
     try:
         with pytest.raises(TransportError, match=r"(?i)certificate|ssl"):
             await transport.request("POST", f"{base}/ok", {}, b"{}", 5)
@@ -172,59 +196,10 @@ async def test_a_private_ca_named_in_ssl_cert_file_is_trusted(
 ) -> None:
     """Receivers behind an organisation's own CA: SSL_CERT_FILE names it, as for curl
     and OpenSSL, and deliveries reach them."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feedhook test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(2)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("feedhook test CA", ca_key)
+    runner, base = await serve_tls(tmp_path, certificate("localhost", key, ca, ca_key), key)
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    runner, base = await serve(Server().app, context)
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
     try:
         async with new_client() as client:
