@@ -282,6 +282,9 @@ async def test_the_ingest_process_follows_its_parent_out(
     sequence_feed.add_events(1)
     await eventually(lambda: len(receiver.ok()) == 1, what="a delivery")
     (child,) = _children(proc.pid)
+    # Its settings came down the pipe: the store's URL (a PostgreSQL one may hold a
+    # password) is not on its command line for `ps` to show.
+    assert str(cli.db) not in Path(f"/proc/{child}/cmdline").read_text()
     proc.kill()
     await proc.wait()
     await eventually(lambda: not _alive(child), what="the ingest process to exit")
