@@ -146,7 +146,10 @@ class ReqwestTransport:
     built, sent and parsed on reqwest's own thread, off the event loop."""
 
     def __init__(self, client: Client) -> None:
+        from pyreqwest import exceptions
+
         self.client = client
+        self._errors = exceptions  # imported once here, not on every request
         self._timeouts: dict[float, timedelta] = {}
 
     async def request(
@@ -160,8 +163,7 @@ class ReqwestTransport:
         limit = self._timeouts.get(timeout)
         if limit is None:
             limit = self._timeouts[timeout] = timedelta(seconds=timeout)
-        from pyreqwest import exceptions as errors
-
+        errors = self._errors
         builder = self.client.request(method, url).headers(headers).timeout(limit)
         if body is not None:
             builder = builder.body_bytes(body)
