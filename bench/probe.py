@@ -2,27 +2,33 @@
 
     python bench/probe.py deliver --events 30000 --subscriptions 1 --in-flight 64
     python bench/probe.py deliver --events 1500 --subscriptions 20 --in-flight 8
+    python bench/probe.py deliver --store postgres
     python bench/probe.py ingest --events 100000
     python bench/probe.py raw --events 30000
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference. Each prints the rate and
-the CPU per item of every process, and of each thread of `feedhook run`.
+the CPU per item of every process, and of each thread of `feedhook run` (and, with
+`--store postgres`, of the PostgreSQL server's processes together).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from run import (
     FAST_SOURCE,
     Bridge,
+    Outbox,
+    at_least,
     children,
     raw_post,
     received,
@@ -33,7 +39,7 @@ from run import (
 )
 
 from feedhook.sources.bebanjo import RawEvent, normalize
-from feedhook.store import IngestItem, SqliteStore
+from feedhook.store import IngestItem, open_store
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -51,8 +57,31 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def report(what: str, count: int, seconds: float, pid: int, before: dict[str, float]) -> None:
-    after = thread_cpu(pid)
+def server_cpu(postmaster: int | None) -> dict[str, float]:
+    """CPU seconds of a PostgreSQL server's processes together (its backends are the
+    postmaster's children), as one entry; none without a server."""
+    if postmaster is None:
+        return {}
+    total = 0.0
+    for process in [postmaster, *children(postmaster)]:
+        try:
+            stat = Path(f"/proc/{process}/stat").read_text()
+        except OSError:
+            continue  # a backend that exited while we looked
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return {"postgres": total}
+
+
+def report(
+    what: str,
+    count: int,
+    seconds: float,
+    pid: int,
+    before: dict[str, float],
+    postmaster: int | None = None,
+) -> None:
+    after = {**thread_cpu(pid), **server_cpu(postmaster)}
     per = {t: (after[t] - before.get(t, 0.0)) / count * 1e6 for t in after}
     busy = {t: round(us, 1) for t, us in per.items() if us >= 0.5}
     print(
@@ -61,10 +90,44 @@ def report(what: str, count: int, seconds: float, pid: int, before: dict[str, fl
     )
 
 
+@contextlib.asynccontextmanager
+async def store_under_test(
+    args: argparse.Namespace, work: Path
+) -> AsyncIterator[tuple[str, int | None]]:
+    """FEEDHOOK_DB for the probe (a SQLite file, or a fresh database on a throwaway
+    PostgreSQL server with its durable defaults) and the server's postmaster pid."""
+    if args.store == "sqlite":
+        yield str(work / "bench.db"), None
+        return
+    from feedhook.sim.postgres import PostgresServer, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise SystemExit("--store postgres needs PostgreSQL: apt-get install postgresql")
+    pg = PostgresServer(bin_dir, fast=False)
+    pg.start()
+    try:
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        yield pg.new_database(), postmaster
+    finally:
+        pg.stop()
+
+
 async def deliver(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp())
     names = [f"s{i:02d}" for i in range(args.subscriptions)]
-    async with SqliteStore(work / "bench.db") as store:
+    async with store_under_test(args, work) as (database, postmaster):
+        await _deliver(args, work, names, database, postmaster)
+
+
+async def _deliver(
+    args: argparse.Namespace,
+    work: Path,
+    names: list[str],
+    database: str,
+    postmaster: int | None,
+) -> None:
+    async with open_store(database) as store:
         for start in range(1, args.events + 1, 1000):
             items = []
             for n in range(start, min(start + 1000, args.events + 1)):
@@ -92,36 +155,46 @@ async def deliver(args: argparse.Namespace) -> None:
                 }
             },
             {name: subscription(rx, name, max_in_flight=args.in_flight) for name in names},
+            database,
         )
         await bridge.start()
         assert bridge.proc is not None
         try:
             await until(lambda: received(rx, 1), 60, 0.002)
-            before = thread_cpu(bridge.proc.pid)
+            before = {**thread_cpu(bridge.proc.pid), **server_cpu(postmaster)}
             await until(lambda: received(rx, total), 600, 0.05)
             got = await rx.stats()
-            report("deliver", total, got["last"] - got["first"], bridge.proc.pid, before)
+            seconds = got["last"] - got["first"]
+            report("deliver", total, seconds, bridge.proc.pid, before, postmaster)
         finally:
             await bridge.stop()
 
 
 async def ingest(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp())
-    async with server("feed", "--events", str(args.events)) as feed, server("receiver") as rx:
+    async with (
+        store_under_test(args, work) as (database, postmaster),
+        server("feed", "--events", str(args.events)) as feed,
+        server("receiver") as rx,
+    ):
         bridge = Bridge(
             work,
             {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
             {"none": subscription(rx, "none", types=["nothing.*"])},
+            database,
         )
+        outbox = Outbox(database)
         await bridge.start()
         assert bridge.proc is not None
         try:
-            await until(lambda: bridge.ingested() > 0, 60, 0.005)
-            before, started = thread_cpu(bridge.proc.pid), time.perf_counter()
-            await until(lambda: bridge.ingested() >= args.events, 600, 0.01)
+            await until(lambda: at_least(outbox.size(), 1), 60, 0.005)
+            before = {**thread_cpu(bridge.proc.pid), **server_cpu(postmaster)}
+            started = time.perf_counter()
+            await until(lambda: at_least(outbox.size(), args.events), 600, 0.01)
             seconds = time.perf_counter() - started
-            report("ingest", args.events, seconds, bridge.proc.pid, before)
+            report("ingest", args.events, seconds, bridge.proc.pid, before, postmaster)
         finally:
+            await outbox.close()
             await bridge.stop()
 
 
@@ -143,6 +216,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     asyncio.run({"deliver": deliver, "ingest": ingest, "raw": raw}[args.path](args))
 

@@ -696,7 +696,7 @@ async def drain_rate(
     try:
         first = await until(outbox.size, timeout=120, every=0.01)
         base = await outbox.size()
-        caught_up = await until(lambda: _at_least(outbox.size(), n), timeout=600, every=0.02)
+        caught_up = await until(lambda: at_least(outbox.size(), n), timeout=600, every=0.02)
         await until(lambda: received(rx, n), timeout=1800, every=0.2)
     finally:
         await outbox.close()
@@ -706,7 +706,7 @@ async def drain_rate(
     return n / (got["last"] - got["first"]), (n - base) / max(caught_up - first, 1e-3)
 
 
-async def _at_least(size: Any, n: int) -> bool:
+async def at_least(size: Any, n: int) -> bool:
     return int(await size) >= n
 
 

@@ -33,6 +33,12 @@ log = logging.getLogger("feedhook.delivery")
 # replay made by another process (feedhook dlq replay) is picked up.
 IDLE_POLL = 1.0
 WRITE_BATCH = 1000
+# While more answers are on their way, the outcome writer waits this long for them to
+# join the batch: a statement costs the database about as much for one row as for fifty
+# (PostgreSQL: 0.19 ms for 14 rows, 0.48 ms for 64), and nothing waits on the write but
+# an ordered lane's next delivery of the same subject.
+WRITE_LINGER = 0.002
+WRITE_ENOUGH = 64
 MIN_RESERVE = 64
 START_BATCH = 16
 GONE = 410  # the receiver asks for no more deliveries: the subscription is disabled
@@ -603,6 +609,10 @@ class Dispatcher:
             log.warning("%d deliveries did not finish within the grace period", len(late))
             await asyncio.gather(*late, return_exceptions=True)
 
+    def _answers_due(self) -> bool:
+        """Deliveries still waiting for their receiver's answer."""
+        return any(lane.in_flight for lane in self.lanes.values())
+
     async def _write_outcomes(self) -> None:
         done = False
         while not done:
@@ -612,6 +622,8 @@ class Dispatcher:
                 done = True
             else:
                 batch.append(first)
+            if not done and self._outcomes.qsize() < WRITE_ENOUGH and self._answers_due():
+                await asyncio.sleep(WRITE_LINGER)
             while len(batch) < WRITE_BATCH and not self._outcomes.empty():
                 item = self._outcomes.get_nowait()
                 if item is None:

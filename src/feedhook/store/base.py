@@ -425,5 +425,6 @@ class Store(Protocol):
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         """Queue stored events for a subscription again, in one short transaction; new
         pairs created, delivered and dead ones reset (their dead letters removed), ones
-        in flight left alone. Returns how many were queued."""
+        in flight left alone, ids no longer stored passed over. Returns how many were
+        queued."""
         ...

@@ -530,6 +530,8 @@ class MemoryStore:
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         db, queued = self.database, 0
         for event_id in event_ids:
+            if event_id not in db.events:
+                continue  # deleted by retention since the replay looked it up
             delivery_id = db.pairs.get((event_id, subscription))
             if delivery_id is None:
                 self._add_delivery(event_id, subscription, now)

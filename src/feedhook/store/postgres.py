@@ -62,6 +62,9 @@ T = TypeVar("T")
 CHANNEL = "feedhook_work"
 # Any 64-bit number of our own: held while the schema is created or migrated.
 MIGRATION_LOCK = 0x66656564686F6F6B  # "feedhook"
+# Held while retention deletes events (exclusively) and while a replay queues deliveries
+# of stored events (shared): an event is never deleted under a delivery being queued.
+EVENTS_LOCK = MIGRATION_LOCK + 1
 POOL_SIZE = 10  # connections per store: the dispatcher's claims and outcomes, polls, admin
 PRUNE_BATCH = 1000
 RETRY_FIRST, RETRY_MAX = 0.2, 10.0
@@ -180,6 +183,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX attempts_by_delivery ON attempts (delivery_id);
     ALTER TABLE deliveries ADD COLUMN last_duration DOUBLE PRECISION;
+    """,
+    # A delivery's event is written in the same transaction (ingest) or looked up under
+    # EVENTS_LOCK (replay), and retention deletes events under that lock: the foreign key
+    # guarded nothing more, and its check locked each new delivery's event row, a write
+    # and a WAL record per delivery.
+    """
+    ALTER TABLE deliveries DROP CONSTRAINT deliveries_event_id_fkey;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -550,40 +560,25 @@ class PostgresStore:
                 sequence = holder["sequence"] if holder is not None else 0
                 bodies = [sequenced(i.envelope.body, sequence + n) for n, i in enumerate(new, 1)]
                 sequence += len(new)
-                rows = await conn.fetch(
-                    "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
-                    " ingested_at) SELECT $1, u, e, t, b, $6 FROM unnest($2::text[],"
-                    " $3::text[], $4::text[], $5::bytea[]) AS x(u, e, t, b)"
-                    " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
-                    source,
-                    [i.upstream_id for i in new],
-                    [i.envelope.id for i in new],
-                    [i.envelope.type for i in new],
-                    bodies,
-                    now,
-                )
-                event_ids = {r["upstream_id"]: r["id"] for r in rows}
-                fresh = [i for i in new if i.upstream_id in event_ids]
                 pairs = [
-                    (event_ids[i.upstream_id], n, i.envelope.subject if n in i.ordered else None)
-                    for i in fresh
+                    (i.upstream_id, n, i.envelope.subject if n in i.ordered else None)
+                    for i in new
                     for n in i.subscriptions
                 ]
-                if pairs:
-                    await conn.execute(
-                        "INSERT INTO deliveries (event_id, subscription, state,"
-                        " next_attempt_at, created_at, updated_at, ordering_key) SELECT e, s,"
-                        " 'pending', $4, $4, $4, k FROM unnest($1::bigint[], $2::text[],"
-                        " $3::text[]) WITH ORDINALITY AS x(e, s, k, n) ORDER BY n",
-                        [p[0] for p in pairs],
-                        [p[1] for p in pairs],
-                        [p[2] for p in pairs],
-                        now,
-                    )
-                    await self._notify_on(conn)
-                await conn.execute(
-                    "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
-                    " last_success_at, sequence) VALUES ($1, $2, $3, $3, $3, $4)"
+                # One statement, one round trip: the events, their deliveries (in ingest
+                # order), the cursor, and the wake-up, sent at commit if any was queued.
+                rows = await conn.fetch(
+                    "WITH ev AS (INSERT INTO events (source, upstream_id, envelope_id, type,"
+                    " body, ingested_at) SELECT $1, u, e, t, b, $6 FROM unnest($2::text[],"
+                    " $3::text[], $4::text[], $5::bytea[]) AS x(u, e, t, b)"
+                    " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id),"
+                    " queued AS (INSERT INTO deliveries (event_id, subscription, state,"
+                    " next_attempt_at, created_at, updated_at, ordering_key) SELECT ev.id, p.s,"
+                    " 'pending', $6, $6, $6, p.k FROM unnest($7::text[], $8::text[],"
+                    " $9::text[]) WITH ORDINALITY AS p(u, s, k, n) JOIN ev ON ev.upstream_id"
+                    " = p.u ORDER BY p.n RETURNING 1),"
+                    " moved AS (INSERT INTO sources (name, cursor, cursor_updated_at,"
+                    " last_poll_at, last_success_at, sequence) VALUES ($1, $10, $6, $6, $6, $11)"
                     " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
                     " cursor_updated_at = excluded.cursor_updated_at,"
                     " last_poll_at = excluded.last_poll_at,"
@@ -591,15 +586,28 @@ class PostgresStore:
                     " last_error_at = NULL, sequence = excluded.sequence,"
                     # Writing is holding: this poller's lease runs on from here, even if
                     # its renewal is still backing off from an outage.
-                    " poller_until = CASE WHEN sources.poller = $5 THEN $6"
-                    " ELSE sources.poller_until END",
+                    " poller_until = CASE WHEN sources.poller = $12 THEN $13"
+                    " ELSE sources.poller_until END),"
+                    " woken AS (SELECT pg_notify($14, $12) FROM (SELECT 1 FROM queued LIMIT 1)"
+                    " AS any_queued)"
+                    " SELECT upstream_id, id, (SELECT count(*) FROM woken) FROM ev",
                     source,
-                    cursor,
+                    [i.upstream_id for i in new],
+                    [i.envelope.id for i in new],
+                    [i.envelope.type for i in new],
+                    bodies,
                     now,
+                    [p[0] for p in pairs],
+                    [p[1] for p in pairs],
+                    [p[2] for p in pairs],
+                    cursor,
                     sequence,
                     self.owner,
                     now + self.lease,
+                    CHANNEL,
                 )
+                written = {r["upstream_id"] for r in rows}
+                fresh = [i for i in new if i.upstream_id in written]
                 if subjects:
                     await conn.executemany(
                         "INSERT INTO subjects (source, url, representation, deleted,"
@@ -848,6 +856,25 @@ class PostgresStore:
         if not outcomes:
             return
         self._held.difference_update(o.delivery_id for o in outcomes)
+        if all(o.kind == "delivered" for o in outcomes):
+            # The usual batch: half the parameters to encode, no attempts or dead letters.
+            await self._run(
+                lambda c: c.execute(
+                    "UPDATE deliveries d SET state = 'delivered', attempts = o.attempts,"
+                    " updated_at = o.at, last_duration = o.duration, last_status = o.status,"
+                    " last_error = NULL, owner = NULL, lease_until = NULL"
+                    " FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::int[],"
+                    " $5::float8[]) AS o(id, attempts, at, status, duration)"
+                    " WHERE d.id = o.id AND d.owner = $6",
+                    [o.delivery_id for o in outcomes],
+                    [o.attempts for o in outcomes],
+                    [o.at for o in outcomes],
+                    [o.status_code for o in outcomes],
+                    [o.duration for o in outcomes],
+                    self.owner,
+                )
+            )
+            return
         await self._run(
             lambda c: c.execute(
                 "WITH o AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[],"
@@ -1052,10 +1079,19 @@ class PostgresStore:
 
             return run
 
-        events = deleting(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE ingested_at < $1"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) LIMIT $2)"
-        )
+        async def events(conn: Any) -> int:
+            async with conn.transaction():
+                # No replay is queuing deliveries of the events this finds unreferenced.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+                status = await conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events e"
+                    " WHERE ingested_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                    " WHERE d.event_id = e.id) LIMIT $2)",
+                    done_before,
+                    PRUNE_BATCH,
+                )
+                return int(status.split()[-1])
+
         subjects = deleting(
             "DELETE FROM subjects WHERE (source, url) IN (SELECT source, url FROM subjects"
             " WHERE deleted AND fetched_at < $1 LIMIT $2)"
@@ -1166,6 +1202,9 @@ class PostgresStore:
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
         async def enqueue(conn: Any) -> int:
             async with conn.transaction():
+                # Retention deletes no event while this queues deliveries of them; one it
+                # deleted before is not found below, and not queued.
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", EVENTS_LOCK)
                 await conn.execute(
                     "DELETE FROM dead_letters WHERE delivery_id IN (SELECT id FROM deliveries"
                     " WHERE subscription = $1 AND event_id = ANY($2::bigint[])"
@@ -1175,8 +1214,9 @@ class PostgresStore:
                 )
                 status = await conn.execute(
                     "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                    " created_at, updated_at) SELECT e, $1, 'pending', $3, $3, $3 FROM"
-                    " unnest($2::bigint[]) AS x(e) ON CONFLICT (event_id, subscription) DO"
+                    " created_at, updated_at) SELECT id, $1, 'pending', $3, $3, $3 FROM"
+                    " events WHERE id = ANY($2::bigint[]) ORDER BY id"
+                    " ON CONFLICT (event_id, subscription) DO"
                     " UPDATE SET state = 'pending', attempts = 0, next_attempt_at = $3,"
                     " created_at = $3, updated_at = $3, last_error = NULL"
                     " WHERE deliveries.state != 'in_flight'",

@@ -1235,7 +1235,9 @@ class SqliteStore:
             cursor = await db.execute(
                 "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
                 " created_at, updated_at) SELECT value, ?, 'pending', ?, ?, ? FROM json_each(?)"
-                " WHERE true ORDER BY key ON CONFLICT (event_id, subscription) DO UPDATE SET"
+                # An event retention deleted since the replay looked it up is passed over.
+                " WHERE value IN (SELECT id FROM events) ORDER BY key"
+                " ON CONFLICT (event_id, subscription) DO UPDATE SET"
                 " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,"
                 " created_at = excluded.created_at, updated_at = excluded.updated_at,"
                 " last_error = NULL WHERE deliveries.state != 'in_flight'",

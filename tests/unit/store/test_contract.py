@@ -214,6 +214,16 @@ async def test_replay_events_on_purpose(store: Store) -> None:
     assert [e.envelope_id for e in await store.stored_events(jobs[1].id, 1)] == ["seq:3"]
 
 
+async def test_replay_skips_events_no_longer_stored(store: Store) -> None:
+    """An event retention deleted between a replay's lookup and its queueing is passed
+    over: the others are queued, nothing points at a missing event."""
+    await store.ingest("seq", [ingest_item(1)], "1")
+    (event,) = await store.stored_events(0, 10)
+    assert await store.enqueue("b", [event.id, event.id + 1000], 5.0) == 1
+    claimed = await store.claim_due("b", 1e12, 10)
+    assert [d.envelope_id for d in claimed] == ["seq:1"]
+
+
 async def test_one_claim_serves_many_subscriptions(store: Store) -> None:
     """A claim for several lanes takes at most each lane's share, oldest first, and every
     body travels with its own delivery."""
