@@ -3,6 +3,7 @@
     python bench/probe.py deliver --events 30000 --subscriptions 1 --in-flight 64
     python bench/probe.py deliver --events 1500 --subscriptions 20 --in-flight 8
     python bench/probe.py deliver --store postgres
+    python bench/probe.py deliver --ordering subject --subjects 1002
     python bench/probe.py ingest --events 100000
     python bench/probe.py raw --events 30000
 
@@ -136,11 +137,12 @@ async def _deliver(
                     event_type="job_updated",
                     timestamp="2026-01-01T00:00:00.000+00:00",
                     changes="name",
-                    links={"subject": f"http://x/api/jobs/{n}"},
+                    links={"subject": f"http://x/api/jobs/{n % args.subjects or n}"},
                     native={"id": n, "event_type": "job_updated"},
                 )
                 envelope = normalize("seq", "sequence", "http://x/api", raw)
-                items.append(IngestItem(str(n), envelope, names))
+                ordered = names if args.ordering == "subject" else ()
+                items.append(IngestItem(str(n), envelope, names, ordered))
             await store.ingest("seq", items, str(start))
     total = args.events * len(names)
     async with server("feed") as feed, server("receiver") as rx:
@@ -154,7 +156,10 @@ async def _deliver(
                     "start": "latest",
                 }
             },
-            {name: subscription(rx, name, max_in_flight=args.in_flight) for name in names},
+            {
+                name: subscription(rx, name, max_in_flight=args.in_flight, ordering=args.ordering)
+                for name in names
+            },
             database,
         )
         await bridge.start()
@@ -217,6 +222,10 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--ordering", choices=["none", "subject"], default="none")
+    parser.add_argument(
+        "--subjects", type=int, default=0, help="events about so many (0: one each)"
+    )
     args = parser.parse_args()
     asyncio.run({"deliver": deliver, "ingest": ingest, "raw": raw}[args.path](args))
 
