@@ -349,6 +349,8 @@ class MemoryStore:
             if d is None or d.state != "in_flight" or d.owner != self.owner:
                 continue  # a lease that ran out: the claim may be another's by now
             d.state = "pending" if o.kind == "retry" else o.kind
+            if o.kind != "retry":
+                d.ordering_key = None  # finished: out of its subject's line
             d.attempts, d.updated_at = o.attempts, o.at
             if o.next_attempt_at is not None:
                 d.next_attempt_at = o.next_attempt_at

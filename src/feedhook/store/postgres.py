@@ -191,6 +191,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries DROP CONSTRAINT deliveries_event_id_fkey;
     """,
+    # A delivery leaves its subject's line when it is finished (its ordering_key goes):
+    # an ordered claim's look for an unfinished older one of its subject reads the index
+    # alone, as in the SQLite store.
+    """
+    DROP INDEX deliveries_ordered;
+    UPDATE deliveries SET ordering_key = NULL
+        WHERE ordering_key IS NOT NULL AND state IN ('delivered', 'dead');
+    CREATE INDEX deliveries_in_line ON deliveries (subscription, ordering_key, id)
+        WHERE ordering_key IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -719,8 +729,7 @@ class PostgresStore:
                 " AND subscription = w.s AND next_attempt_at <= $3"
                 " AND (ordering_key IS NULL OR NOT (w.s = ANY($6::text[])) OR NOT EXISTS"
                 " (SELECT 1 FROM deliveries p WHERE p.subscription = x.subscription"
-                " AND p.ordering_key = x.ordering_key AND p.state IN ('pending', 'in_flight')"
-                " AND p.id < x.id))"
+                " AND p.ordering_key = x.ordering_key AND p.id < x.id))"
                 " ORDER BY next_attempt_at, id LIMIT w.n FOR UPDATE SKIP LOCKED) d"
                 " WHERE w.s NOT IN (SELECT subscription FROM subscription_states"
                 " WHERE state = 'disabled')),"
@@ -862,7 +871,7 @@ class PostgresStore:
                 lambda c: c.execute(
                     "UPDATE deliveries d SET state = 'delivered', attempts = o.attempts,"
                     " updated_at = o.at, last_duration = o.duration, last_status = o.status,"
-                    " last_error = NULL, owner = NULL, lease_until = NULL"
+                    " last_error = NULL, owner = NULL, lease_until = NULL, ordering_key = NULL"
                     " FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::int[],"
                     " $5::float8[]) AS o(id, attempts, at, status, duration)"
                     " WHERE d.id = o.id AND d.owner = $6",
@@ -889,7 +898,9 @@ class PostgresStore:
                 " last_duration = o.duration,"
                 " next_attempt_at = coalesce(o.next_at, d.next_attempt_at),"
                 " last_status = o.status, last_error = CASE WHEN o.kind = 'delivered'"
-                " THEN NULL ELSE o.reason END, owner = NULL, lease_until = NULL"
+                " THEN NULL ELSE o.reason END, owner = NULL, lease_until = NULL,"
+                # Finished: out of its subject's line (a retry keeps its place).
+                " ordering_key = CASE WHEN o.kind = 'retry' THEN d.ordering_key END"
                 " FROM o WHERE d.id = o.id AND d.owner = $9"
                 " RETURNING d.id, d.subscription, d.event_id)"
                 " INSERT INTO dead_letters (delivery_id, subscription, envelope_id, type,"

@@ -220,6 +220,18 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM attempts WHERE delivery_id = OLD.id;
     END;
     """,
+    # A delivery leaves its subject's line when it is finished (its ordering_key goes),
+    # not on every change of state: the index of the lines is no longer rewritten when a
+    # delivery is claimed, and an ordered claim's look for an unfinished older one of its
+    # subject reads the index alone. That upkeep was all an ordered lane cost beyond an
+    # unordered one (bench/probe.py deliver --ordering subject; BENCHMARKS.md).
+    """
+    DROP INDEX deliveries_ordered;
+    UPDATE deliveries SET ordering_key = NULL
+        WHERE ordering_key IS NOT NULL AND state IN ('delivered', 'dead');
+    CREATE INDEX deliveries_in_line ON deliveries (subscription, ordering_key, id)
+        WHERE ordering_key IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -887,7 +899,9 @@ class SqliteStore:
             " attempts = o.value ->> 2, updated_at = o.value ->> 3,"
             " next_attempt_at = coalesce(o.value ->> 4, deliveries.next_attempt_at),"
             " last_status = o.value ->> 5, last_error = o.value ->> 6,"
-            " last_duration = o.value ->> 7"
+            " last_duration = o.value ->> 7,"
+            # Finished: out of its subject's line (a retry keeps its place).
+            " ordering_key = iif(o.value ->> 1 = 'retry', deliveries.ordering_key, NULL)"
             " FROM json_each(?) AS o WHERE deliveries.id = o.value ->> 0"
             # Only claims still ours: one whose lease ran out may be another's by now.
             " AND deliveries.state = 'in_flight' AND deliveries.owner = ?"
@@ -1266,15 +1280,16 @@ _CLAIM_TERM = (
     " WHERE rank <= wanted"
 )
 # In order per subject: a due row is taken only when no older row of its subject is
-# still unfinished (pending, perhaps scheduled later, or in flight).
+# still unfinished (pending, perhaps scheduled later, or in flight): still in line, its
+# ordering_key not yet cleared by its outcome.
 _ORDERED_CLAIM_TERM = (
     "SELECT id FROM (SELECT d.id, w.value AS wanted, row_number() OVER (PARTITION BY w.key"
     " ORDER BY d.next_attempt_at, d.id) AS rank FROM json_each(?) AS w JOIN deliveries d"
     f" ON {_NOT_DISABLED} AND d.id IN (SELECT id FROM deliveries x WHERE subscription = w.key"
     " AND state = 'pending' AND next_attempt_at <= ? AND (ordering_key IS NULL OR NOT EXISTS"
     " (SELECT 1 FROM deliveries p WHERE p.subscription = x.subscription"
-    " AND p.ordering_key = x.ordering_key AND p.state IN ('pending', 'in_flight')"
-    " AND p.id < x.id)) ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
+    " AND p.ordering_key = x.ordering_key AND p.id < x.id))"
+    " ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
 )
 
 

@@ -449,6 +449,21 @@ async def test_an_ordered_subscription_takes_one_delivery_per_subject_at_a_time(
     assert [json.loads(d.body)["data"]["n"] for d in retried] == [1]
 
 
+async def test_a_delivery_queued_again_is_not_held_in_line(store: Store) -> None:
+    """A finished delivery leaves its subject's line: replayed, it goes out beside the
+    subject's later ones instead of holding them back (README: events queued again by
+    `feedhook replay` are not held in order)."""
+    items = [ingest_item(n, ("a",), subject="job/1", ordered=("a",)) for n in (1, 2)]
+    await store.ingest("seq", items, "2")
+    now = time.time()
+    (first,) = await store.claim({"a": 10}, now, ordered={"a"})
+    await store.complete([Outcome(first.id, "delivered", 1, now)])
+    (event, _) = await store.stored_events(0, 10)
+    assert await store.enqueue("a", [event.id], now) == 1
+    both = await store.claim({"a": 10}, now, ordered={"a"})
+    assert sorted(json.loads(d.body)["data"]["n"] for d in both) == [1, 2]
+
+
 async def test_a_disabled_subscription_is_never_claimed_until_enabled(stores: Stores) -> None:
     """Disabled: nothing of it is claimed by any worker, the rest flows; the state is
     stored with why and since when; a worker's paused/circuit notes never replace it;

@@ -35,6 +35,43 @@ async def test_a_replica_older_than_the_schema_refuses_to_start(postgres_url: st
         await PostgresStore(postgres_url).open()
 
 
+async def test_migration_takes_finished_deliveries_out_of_line(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgraded to lines kept by ordering_key alone: a delivery finished before the
+    upgrade does not hold back its subject's next one, an unfinished one still does."""
+    original = postgres_store.MIGRATIONS
+    monkeypatch.setattr(postgres_store, "MIGRATIONS", original[:-1])
+    monkeypatch.setattr(postgres_store, "SCHEMA_VERSION", len(original) - 1)
+    async with PostgresStore(postgres_url):
+        pass
+    db = await asyncpg.connect(postgres_url)
+    try:  # as that version wrote them
+        for n, state in ((1, "delivered"), (2, "pending"), (3, "pending")):
+            await db.execute(
+                "INSERT INTO events (id, source, upstream_id, envelope_id, type, body,"
+                " ingested_at) VALUES ($1, 'seq', $2, $3, 't', '{}', 1.0)",
+                n,
+                str(n),
+                f"seq:{n}",
+            )
+            await db.execute(
+                "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                " created_at, updated_at, ordering_key) VALUES ($1, 'a', $2, 1.0, 1.0, 1.0,"
+                " 'job/7')",
+                n,
+                state,
+            )
+    finally:
+        await db.close()
+    monkeypatch.setattr(postgres_store, "MIGRATIONS", original)
+    monkeypatch.setattr(postgres_store, "SCHEMA_VERSION", len(original))
+    async with PostgresStore(postgres_url) as store:
+        (second,) = await store.claim({"a": 10}, now=1e12, ordered={"a"})
+        assert second.envelope_id == "seq:2"
+        assert await store.claim({"a": 10}, now=1e12, ordered={"a"}) == []
+
+
 async def test_an_ingest_on_one_replica_wakes_the_others(postgres_url: str) -> None:
     """LISTEN/NOTIFY: work written through one store wakes every other store's
     dispatchers at once, and its own once (not again through its own notification)."""

@@ -114,6 +114,37 @@ async def test_migration_backfills_counts(tmp_path: Path) -> None:
     assert (counts.pending, counts.dead, counts.dead_letter) == (4, 1, 1)
 
 
+async def test_migration_takes_finished_deliveries_out_of_line(tmp_path: Path) -> None:
+    """Upgraded to lines kept by ordering_key alone: a delivery finished before the
+    upgrade does not hold back its subject's next one, an unfinished one still does."""
+    from feedhook.store import sqlite as module
+
+    path = tmp_path / "old.db"
+    original = module.MIGRATIONS
+    module.MIGRATIONS = original[:-1]
+    module.SCHEMA_VERSION = len(original) - 1
+    try:
+        async with SqliteStore(path) as store:
+            for n, state in ((1, "delivered"), (2, "pending"), (3, "pending")):
+                await store.db.execute(
+                    "INSERT INTO events VALUES (?, 'seq', ?, ?, 't', '{}', 1.0)",
+                    (n, str(n), f"seq:{n}"),
+                )
+                await store.db.execute(
+                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                    " created_at, updated_at, ordering_key) VALUES (?, 'a', ?, 1.0, 1.0,"
+                    " 1.0, 'job/7')",
+                    (n, state),
+                )
+    finally:
+        module.MIGRATIONS = original
+        module.SCHEMA_VERSION = len(original)
+    async with SqliteStore(path) as store:
+        (second,) = await store.claim({"a": 10}, now=1e12, ordered={"a"})
+        assert second.envelope_id == "seq:2"
+        assert await store.claim({"a": 10}, now=1e12, ordered={"a"}) == []
+
+
 async def test_a_task_cancelled_while_ingesting_leaves_no_transaction_open(
     tmp_path: Path,
 ) -> None:
