@@ -6,9 +6,11 @@
     python bench/probe.py deliver --ordering subject --subjects 1002
     python bench/probe.py ingest --events 100000
     python bench/probe.py raw --events 30000
+    python bench/probe.py store --ordering subject --subjects 1002 [--store postgres]
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
-no subscription matches; `raw` is the plain aiohttp reference. Each prints the rate and
+no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
+own calls (ingest, claim, outcomes) with nothing else running. Each prints the rate and
 the CPU per item of every process, and of each thread of `feedhook run` (and, with
 `--store postgres`, of the PostgreSQL server's processes together).
 """
@@ -40,7 +42,7 @@ from run import (
 )
 
 from feedhook.sources.bebanjo import RawEvent, normalize
-from feedhook.store import IngestItem, open_store
+from feedhook.store import Delivery, IngestItem, Outcome, open_store
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -114,6 +116,58 @@ async def store_under_test(
         pg.stop()
 
 
+def outbox_items(
+    args: argparse.Namespace, names: list[str], start: int, count: int
+) -> list[IngestItem]:
+    """Events start.. of a simulated Sequence feed (about `--subjects` subjects, or one
+    each), routed to `names`, in order per subject with `--ordering subject`."""
+    items = []
+    for n in range(start, min(start + count, args.events + 1)):
+        raw = RawEvent(
+            id=n,
+            event_type="job_updated",
+            timestamp="2026-01-01T00:00:00.000+00:00",
+            changes="name",
+            links={"subject": f"http://x/api/jobs/{n % args.subjects or n}"},
+            native={"id": n, "event_type": "job_updated"},
+        )
+        envelope = normalize("seq", "sequence", "http://x/api", raw)
+        ordered = names if args.ordering == "subject" else ()
+        items.append(IngestItem(str(n), envelope, names, ordered))
+    return items
+
+
+async def store_calls(args: argparse.Namespace) -> None:
+    """The store's own cost per delivery, no HTTP and no worker: ingest 100 events at a
+    time, then claim as the dispatcher does (a lane of 64 plus its reserve held) and
+    write outcomes 64 at a time, each call timed from the caller's side."""
+    work = Path(tempfile.mkdtemp())
+    names, reserve = ["s00"], 5 * args.in_flight
+    held: list[Delivery] = []
+    ordered = set(names) if args.ordering == "subject" else set()
+    async with store_under_test(args, work) as (database, _), open_store(database) as store:
+        started = time.perf_counter()
+        for start in range(1, args.events + 1, 100):
+            await store.ingest("seq", outbox_items(args, names, start, 100), str(start))
+        ingest = time.perf_counter() - started
+        claim = complete = 0.0
+        done = 0
+        while done < args.events:
+            started = time.perf_counter()
+            held += await store.claim({"s00": reserve - len(held)}, 2e9, ordered)
+            claim += time.perf_counter() - started
+            batch, held = held[: args.in_flight], held[args.in_flight :]
+            started = time.perf_counter()
+            await store.complete([Outcome(d.id, "delivered", 1, at=1.0) for d in batch])
+            complete += time.perf_counter() - started
+            done += len(batch)
+    per = {"ingest": ingest, "claim": claim, "complete": complete}
+    print(
+        "store, us per delivery: "
+        + ", ".join(f"{what} {seconds / args.events * 1e6:.1f}" for what, seconds in per.items())
+    )
+
+
 async def deliver(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp())
     names = [f"s{i:02d}" for i in range(args.subscriptions)]
@@ -130,20 +184,7 @@ async def _deliver(
 ) -> None:
     async with open_store(database) as store:
         for start in range(1, args.events + 1, 1000):
-            items = []
-            for n in range(start, min(start + 1000, args.events + 1)):
-                raw = RawEvent(
-                    id=n,
-                    event_type="job_updated",
-                    timestamp="2026-01-01T00:00:00.000+00:00",
-                    changes="name",
-                    links={"subject": f"http://x/api/jobs/{n % args.subjects or n}"},
-                    native={"id": n, "event_type": "job_updated"},
-                )
-                envelope = normalize("seq", "sequence", "http://x/api", raw)
-                ordered = names if args.ordering == "subject" else ()
-                items.append(IngestItem(str(n), envelope, names, ordered))
-            await store.ingest("seq", items, str(start))
+            await store.ingest("seq", outbox_items(args, names, start, 1000), str(start))
     total = args.events * len(names)
     async with server("feed") as feed, server("receiver") as rx:
         bridge = Bridge(
@@ -217,7 +258,7 @@ async def raw(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("path", choices=["deliver", "ingest", "raw"])
+    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store"])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
@@ -227,7 +268,8 @@ def main() -> None:
         "--subjects", type=int, default=0, help="events about so many (0: one each)"
     )
     args = parser.parse_args()
-    asyncio.run({"deliver": deliver, "ingest": ingest, "raw": raw}[args.path](args))
+    paths = {"deliver": deliver, "ingest": ingest, "raw": raw, "store": store_calls}
+    asyncio.run(paths[args.path](args))
 
 
 if __name__ == "__main__":
