@@ -220,17 +220,18 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM attempts WHERE delivery_id = OLD.id;
     END;
     """,
-    # A delivery leaves its subject's line when it is finished (its ordering_key goes),
-    # not on every change of state: the index of the lines is no longer rewritten when a
-    # delivery is claimed, and an ordered claim's look for an unfinished older one of its
-    # subject reads the index alone. That upkeep was all an ordered lane cost beyond an
-    # unordered one (bench/probe.py deliver --ordering subject; BENCHMARKS.md).
+    # Lines by subject indexed only where a delivery holds its line out of due order:
+    # claimed (in flight), or tried before (a retry may be scheduled later). One merely
+    # waiting its turn is due in ingest order and met first by the claim's own scan. An
+    # ingest no longer writes this index at all; keeping it up was all an ordered lane
+    # cost beyond an unordered one (BENCHMARKS.md). A finished delivery leaves its line
+    # (its ordering_key goes).
     """
     DROP INDEX deliveries_ordered;
     UPDATE deliveries SET ordering_key = NULL
         WHERE ordering_key IS NOT NULL AND state IN ('delivered', 'dead');
-    CREATE INDEX deliveries_in_line ON deliveries (subscription, ordering_key, id)
-        WHERE ordering_key IS NOT NULL;
+    CREATE INDEX deliveries_holding_lines ON deliveries (subscription, ordering_key, id)
+        WHERE ordering_key IS NOT NULL AND (state = 'in_flight' OR attempts > 0);
     """,
 )
 
@@ -309,11 +310,16 @@ def _ingest_transaction(
             for name in i.subscriptions
         ]
         if deliveries:
+            # Never queued before the last delivery queued, even if the clock stepped back:
+            # an ordered lane relies on its waiting deliveries being due in ingest order.
+            (latest,) = db.execute(
+                "SELECT created_at FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)"
+            ).fetchone() or (now,)
             db.execute(
                 "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
                 " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
                 " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
-                (now, _json(deliveries)),
+                (max(now, latest), _json(deliveries)),
             )
         # A page read is a successful poll: recorded with the cursor, no extra commit.
         db.execute(
@@ -1280,16 +1286,21 @@ _CLAIM_TERM = (
     " WHERE rank <= wanted"
 )
 # In order per subject: a due row is taken only when no older row of its subject is
-# still unfinished (pending, perhaps scheduled later, or in flight): still in line, its
-# ordering_key not yet cleared by its outcome.
+# unfinished. An older one holding the line out of due order (claimed, or tried before
+# and perhaps scheduled later) is found in deliveries_holding_lines; one waiting its
+# turn is due before this one (ingest order) and met first by the same scan, where only
+# each subject's first is kept (`place`).
 _ORDERED_CLAIM_TERM = (
-    "SELECT id FROM (SELECT d.id, w.value AS wanted, row_number() OVER (PARTITION BY w.key"
-    " ORDER BY d.next_attempt_at, d.id) AS rank FROM json_each(?) AS w JOIN deliveries d"
+    "SELECT id FROM (SELECT d.id, w.value AS wanted, d.ordering_key AS line,"
+    " row_number() OVER (PARTITION BY w.key ORDER BY d.next_attempt_at, d.id) AS rank,"
+    " row_number() OVER (PARTITION BY w.key, d.ordering_key ORDER BY d.id) AS place"
+    " FROM json_each(?) AS w JOIN deliveries d"
     f" ON {_NOT_DISABLED} AND d.id IN (SELECT id FROM deliveries x WHERE subscription = w.key"
     " AND state = 'pending' AND next_attempt_at <= ? AND (ordering_key IS NULL OR NOT EXISTS"
     " (SELECT 1 FROM deliveries p WHERE p.subscription = x.subscription"
-    " AND p.ordering_key = x.ordering_key AND p.id < x.id))"
-    " ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted"
+    " AND p.ordering_key = x.ordering_key AND p.id < x.id"
+    " AND (p.state = 'in_flight' OR p.attempts > 0)))"
+    " ORDER BY next_attempt_at, id LIMIT ?)) WHERE rank <= wanted AND (line IS NULL OR place = 1)"
 )
 
 

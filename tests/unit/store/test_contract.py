@@ -449,6 +449,25 @@ async def test_an_ordered_subscription_takes_one_delivery_per_subject_at_a_time(
     assert [json.loads(d.body)["data"]["n"] for d in retried] == [1]
 
 
+async def test_a_clock_stepped_back_keeps_a_subject_in_line(store: Store) -> None:
+    """The clock steps back (NTP) between two events about one subject: the older still
+    goes first, the younger only after it."""
+    now = time.time()
+    try:
+        clock.set_clock(lambda: now)
+        await store.ingest("seq", [ingest_item(1, ("a",), "job/1", ("a",))], "1")
+        clock.set_clock(lambda: now - 100)
+        await store.ingest("seq", [ingest_item(2, ("a",), "job/1", ("a",))], "2")
+    finally:
+        clock.set_clock(None)
+    sent = []
+    for _ in range(2):
+        (first,) = await store.claim({"a": 1}, now + 1, ordered={"a"})
+        await store.complete([Outcome(first.id, "delivered", 1, now + 1)])
+        sent.append(json.loads(first.body)["data"]["n"])
+    assert sent == [1, 2]
+
+
 async def test_a_delivery_queued_again_is_not_held_in_line(store: Store) -> None:
     """A finished delivery leaves its subject's line: replayed, it goes out beside the
     subject's later ones instead of holding them back (README: events queued again by

@@ -125,16 +125,16 @@ async def test_migration_takes_finished_deliveries_out_of_line(tmp_path: Path) -
     module.SCHEMA_VERSION = len(original) - 1
     try:
         async with SqliteStore(path) as store:
-            for n, state in ((1, "delivered"), (2, "pending"), (3, "pending")):
+            for n, state, attempts in ((1, "delivered", 1), (2, "pending", 0), (3, "pending", 0)):
                 await store.db.execute(
                     "INSERT INTO events VALUES (?, 'seq', ?, ?, 't', '{}', 1.0)",
                     (n, str(n), f"seq:{n}"),
                 )
                 await store.db.execute(
-                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                    " created_at, updated_at, ordering_key) VALUES (?, 'a', ?, 1.0, 1.0,"
-                    " 1.0, 'job/7')",
-                    (n, state),
+                    "INSERT INTO deliveries (event_id, subscription, state, attempts,"
+                    " next_attempt_at, created_at, updated_at, ordering_key) VALUES (?, 'a',"
+                    " ?, ?, 1.0, 1.0, 1.0, 'job/7')",
+                    (n, state, attempts),
                 )
     finally:
         module.MIGRATIONS = original
