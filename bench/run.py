@@ -712,8 +712,8 @@ async def at_least(size: Any, n: int) -> bool:
 
 async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
     """Delivery throughput with the store on PostgreSQL (a server on loopback with its
-    durable defaults) against SQLite, alternated in one run, three rounds; and with two
-    replicas on the same PostgreSQL database."""
+    durable defaults) against SQLite, alternated in one run (a warm-up run first, not
+    counted), three rounds; and with two replicas on the same PostgreSQL database."""
     from feedhook.sim.postgres import PostgresServer, postgres_bin
 
     n, rounds = sizes["postgres"], 3
@@ -726,6 +726,7 @@ async def scenario_postgres(sizes: dict[str, int], work: Path) -> Result:
     catchup: dict[str, list[float]] = {k: [] for k in ("sqlite", "postgres", "two")}
     try:
         async with server("feed", "--events", str(n)) as feed, server("receiver") as rx:
+            await drain_rate(work, feed, rx, n, [str(work / "warm-up.db")])
             for r in range(rounds):
                 shared = pg.new_database()
                 runs = {
