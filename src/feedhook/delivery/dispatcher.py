@@ -151,6 +151,7 @@ class Dispatcher:
         # The earliest retry this process scheduled (or found at start); None: none known.
         self._next_retry: float | None = None
         self._released: list[int] = []  # claimed, never sent: back to pending
+        self._claiming = 0  # claims on their way back from the store
         self._log_gate = Throttle(FAILURE_LOG_INTERVAL)
         self.reconfigure(subscriptions)
 
@@ -186,12 +187,22 @@ class Dispatcher:
         """The lanes whose deliveries may go out (a disabled one's wait, however due)."""
         return [name for name, lane in self.lanes.items() if lane.disabled is None]
 
+    def _busy(self) -> bool:
+        """Work in this dispatcher's hands: being claimed, claimed and waiting, in flight."""
+        return bool(
+            self._claiming
+            or self._sending
+            or any(lane.ready or lane.in_flight for lane in self.lanes.values())
+        )
+
     async def idle(self) -> bool:
         """Nothing in flight, nothing claimed waiting, nothing due now in the store."""
-        if self._sending or any(lane.ready or lane.in_flight for lane in self.lanes.values()):
+        if self._busy():
             return False
         due = await self.store.next_due_at(self._sending_lanes())
-        return due is None or due > clock.now()
+        # Asked again: a claim that ran meanwhile took the due work out of the store
+        # before handing it to this dispatcher.
+        return not self._busy() and (due is None or due > clock.now())
 
     def stop(self) -> None:
         """Stop claiming; in-flight attempts get `grace` seconds to finish."""
@@ -276,7 +287,11 @@ class Dispatcher:
             # Cleared first: a wake() while the claim runs (new events) sets it again.
             self.lanes[name].maybe_due = False
         ordered = {name for name in wants if self.lanes[name].ordered}
-        claimed = await self.store.claim(wants, now, ordered)
+        self._claiming += 1
+        try:
+            claimed = await self.store.claim(wants, now, ordered)
+        finally:
+            self._claiming -= 1
         got: Counter[str] = Counter()
         for delivery in claimed:
             lane = self.lanes.get(delivery.subscription)

@@ -82,6 +82,35 @@ async def test_every_lane_delivers_retries_and_dead_letters() -> None:
     assert len(await store.list_dead("strict")) == 20
 
 
+async def test_idle_is_not_said_while_a_claim_is_on_its_way_back() -> None:
+    """A claim committed in the store but not yet back in the dispatcher: the work is
+    neither due in the store nor in the dispatcher's hands, and `idle()` must not take
+    that for the end of the work (`Worker.until_idle` returned with deliveries unsent)."""
+    store = MemoryStore()
+    claimed, release = asyncio.Event(), asyncio.Event()
+    real_claim = store.claim
+
+    async def claim_then_wait(*args: object, **kwargs: object) -> object:
+        got = await real_claim(*args, **kwargs)  # type: ignore[arg-type]
+        if got:
+            claimed.set()
+            await release.wait()
+        return got
+
+    store.claim = claim_then_wait  # type: ignore[method-assign,assignment]
+    dispatcher = Dispatcher(store, {"a": sub("https://r/a")}, ScriptedSender({}), grace=1.0)  # type: ignore[arg-type]
+    running = asyncio.create_task(dispatcher.run())
+    await store.ingest("seq", items(1, ("a",)), "1")
+    dispatcher.wake()
+    await asyncio.wait_for(claimed.wait(), 5)
+    assert not await dispatcher.idle()
+    release.set()
+    await eventually(dispatcher.idle, timeout=5, what="idle once delivered")
+    assert (await store.counts())["a"].delivered == 1
+    dispatcher.stop()
+    await asyncio.wait_for(running, 5)
+
+
 async def test_max_in_flight_bounds_each_lane() -> None:
     """No more than `max_in_flight` attempts of one subscription run at once."""
     store = MemoryStore()
