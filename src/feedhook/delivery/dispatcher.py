@@ -152,6 +152,7 @@ class Dispatcher:
         self._next_retry: float | None = None
         self._released: list[int] = []  # claimed, never sent: back to pending
         self._claiming = 0  # claims on their way back from the store
+        self._writing = False  # a batch of outcomes on its way to the store
         self._log_gate = Throttle(FAILURE_LOG_INTERVAL)
         self.reconfigure(subscriptions)
 
@@ -188,10 +189,13 @@ class Dispatcher:
         return [name for name, lane in self.lanes.items() if lane.disabled is None]
 
     def _busy(self) -> bool:
-        """Work in this dispatcher's hands: being claimed, claimed and waiting, in flight."""
+        """Work in this dispatcher's hands: being claimed, claimed and waiting, in flight,
+        or answered with the outcome not yet written."""
         return bool(
             self._claiming
             or self._sending
+            or self._writing
+            or not self._outcomes.empty()
             or any(lane.ready or lane.in_flight for lane in self.lanes.values())
         )
 
@@ -637,6 +641,7 @@ class Dispatcher:
                 done = True
             else:
                 batch.append(first)
+                self._writing = True
             if not done and self._outcomes.qsize() < WRITE_ENOUGH and self._answers_due():
                 await asyncio.sleep(WRITE_LINGER)
             while len(batch) < WRITE_BATCH and not self._outcomes.empty():
@@ -646,7 +651,10 @@ class Dispatcher:
                 else:
                     batch.append(item)
             if batch:
-                await self.store.complete(batch)
+                try:
+                    await self.store.complete(batch)
+                finally:
+                    self._writing = False
                 # An ordered lane's next delivery of a subject is claimable only now.
                 for lane in self.lanes.values():
                     if lane.ordered and not lane.maybe_due:

@@ -111,6 +111,32 @@ async def test_idle_is_not_said_while_a_claim_is_on_its_way_back() -> None:
     await asyncio.wait_for(running, 5)
 
 
+async def test_idle_is_not_said_before_the_outcomes_are_written() -> None:
+    """Answered, its outcome not yet in the store: the delivery is still in flight there,
+    and `idle()` waits for the write rather than call the work done."""
+    store = MemoryStore()
+    writing, release = asyncio.Event(), asyncio.Event()
+    real_complete = store.complete
+
+    async def complete_slowly(outcomes: object) -> None:
+        writing.set()
+        await release.wait()
+        await real_complete(outcomes)  # type: ignore[arg-type]
+
+    store.complete = complete_slowly  # type: ignore[method-assign]
+    dispatcher = Dispatcher(store, {"a": sub("https://r/a")}, ScriptedSender({}), grace=1.0)  # type: ignore[arg-type]
+    running = asyncio.create_task(dispatcher.run())
+    await store.ingest("seq", items(1, ("a",)), "1")
+    dispatcher.wake()
+    await asyncio.wait_for(writing.wait(), 5)
+    assert not await dispatcher.idle()
+    release.set()
+    await eventually(dispatcher.idle, timeout=5, what="idle once written")
+    assert (await store.counts())["a"].delivered == 1
+    dispatcher.stop()
+    await asyncio.wait_for(running, 5)
+
+
 async def test_max_in_flight_bounds_each_lane() -> None:
     """No more than `max_in_flight` attempts of one subscription run at once."""
     store = MemoryStore()
