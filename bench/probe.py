@@ -128,7 +128,7 @@ def outbox_items(
             event_type="job_updated",
             timestamp="2026-01-01T00:00:00.000+00:00",
             changes="name",
-            links={"subject": f"http://x/api/jobs/{n % args.subjects or n}"},
+            links={"subject": f"http://x/api/jobs/{n % args.subjects if args.subjects else n}"},
             native={"id": n, "event_type": "job_updated"},
         )
         envelope = normalize("seq", "sequence", "http://x/api", raw)

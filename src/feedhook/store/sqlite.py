@@ -233,6 +233,37 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_holding_lines ON deliveries (subscription, ordering_key, id)
         WHERE ordering_key IS NOT NULL AND (state = 'in_flight' OR attempts > 0);
     """,
+    # Fan-out as runs: an ingest writes, per subscription, one row for each run of
+    # consecutive new events routed to it, not a row per (event, subscription) pair; a
+    # claim turns a lane's oldest runs into its deliveries (in flight at once, or pending
+    # where the lane keeps subjects in order). A hundred subscriptions cost an ingest a
+    # hundred small rows per page, not a hundred per event. Runs count as pending. An
+    # event keeps its subject for the ordered lanes.
+    """
+    CREATE TABLE queued_runs (
+        id INTEGER PRIMARY KEY,
+        subscription TEXT NOT NULL,
+        first_event INTEGER NOT NULL,
+        last_event INTEGER NOT NULL,
+        ordered INTEGER NOT NULL,
+        queued_at REAL NOT NULL
+    );
+    CREATE INDEX queued_runs_by_subscription ON queued_runs (subscription, first_event);
+    ALTER TABLE events ADD COLUMN subject TEXT;
+    CREATE TRIGGER queued_runs_counted_insert AFTER INSERT ON queued_runs BEGIN
+        INSERT INTO delivery_counts (subscription, state, n)
+            VALUES (NEW.subscription, 'pending', NEW.last_event - NEW.first_event + 1)
+            ON CONFLICT (subscription, state) DO UPDATE SET n = n + excluded.n;
+    END;
+    CREATE TRIGGER queued_runs_counted_update AFTER UPDATE OF first_event ON queued_runs BEGIN
+        UPDATE delivery_counts SET n = n - (NEW.first_event - OLD.first_event)
+            WHERE subscription = NEW.subscription AND state = 'pending';
+    END;
+    CREATE TRIGGER queued_runs_counted_delete AFTER DELETE ON queued_runs BEGIN
+        UPDATE delivery_counts SET n = n - (OLD.last_event - OLD.first_event + 1)
+            WHERE subscription = OLD.subscription AND state = 'pending';
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -286,8 +317,8 @@ def _ingest_transaction(
             chunk = new[start : start + INSERT_CHUNK]
             rows = db.execute(
                 "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
-                " ingested_at) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                " ingested_at, subject) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                 + " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
                 [
                     value
@@ -299,27 +330,26 @@ def _ingest_transaction(
                         i.envelope.type,
                         sequenced(i.envelope.body, n),
                         now,
+                        i.envelope.subject if i.ordered else None,
                     )
                 ],
             ).fetchall()
             event_ids.update(rows)
         fresh = [i for i in new if i.upstream_id in event_ids]
-        deliveries = [
-            (event_ids[i.upstream_id], name, i.envelope.subject if name in i.ordered else None)
-            for i in fresh
-            for name in i.subscriptions
-        ]
-        if deliveries:
-            # Never queued before the last delivery queued, even if the clock stepped back:
-            # an ordered lane relies on its waiting deliveries being due in ingest order.
+        runs = _runs(fresh, event_ids)
+        if runs:
+            # Never queued before the last run queued, even if the clock stepped back: an
+            # ordered lane relies on its waiting deliveries being due in ingest order.
             (latest,) = db.execute(
-                "SELECT created_at FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)"
-            ).fetchone() or (now,)
+                "SELECT max(coalesce((SELECT queued_at FROM queued_runs ORDER BY id DESC"
+                " LIMIT 1), 0), coalesce((SELECT created_at FROM deliveries ORDER BY id DESC"
+                " LIMIT 1), 0))"
+            ).fetchone()
             db.execute(
-                "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
-                " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
-                (max(now, latest), _json(deliveries)),
+                "INSERT INTO queued_runs (subscription, first_event, last_event, ordered,"
+                " queued_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?1"
+                " FROM json_each(?2) ORDER BY key",
+                (max(now, latest), _json(runs)),
             )
         # A page read is a successful poll: recorded with the cursor, no extra commit.
         db.execute(
@@ -345,7 +375,167 @@ def _ingest_transaction(
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return fresh, bool(deliveries)
+    return fresh, bool(runs)
+
+
+def _claim_transaction(
+    db: sqlite3.Connection,
+    wants: Mapping[str, int],
+    ordered: Collection[str],
+    picks: str,
+    params: list[Any],
+    claimed: tuple[int, str, float],
+) -> tuple[str, bytes | None]:
+    """Store.claim's transaction, run on the database thread. Deliveries already made
+    come first (retries and recovered claims are older than anything still queued):
+    `picks` selects the due ones and they are marked in flight under the claim token.
+    Then each lane's oldest queued runs become deliveries: an unordered lane's straight
+    in flight under the token, as many as it still wants; an ordered lane's pending,
+    a window ahead, before its claim, which picks each subject's first among them (a
+    run is newer than every delivery of its lane, so none jumps its subject's line)."""
+    token, owner, lease_until = claimed
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        runs = db.execute(
+            "SELECT r.id, r.subscription, r.first_event, r.last_event, r.ordered, r.queued_at"
+            f" FROM json_each(?1) AS w JOIN queued_runs r ON {_NOT_DISABLED} AND r.id IN"
+            " (SELECT id FROM queued_runs WHERE subscription = w.key ORDER BY first_event"
+            " LIMIT ?2) ORDER BY r.id",
+            (_json(wants), 2 * max(wants.values())),
+        ).fetchall()
+        ahead = {name: 2 * n for name, n in wants.items() if name in ordered}
+        if runs and ahead:
+            # Ordered lanes: pending deliveries topped up to twice what each wants, a
+            # window to pick each subject's first from.
+            for name, waiting in db.execute(
+                "SELECT w.key, (SELECT count(*) FROM (SELECT 1 FROM deliveries"
+                " WHERE subscription = w.key AND state = 'pending' LIMIT ?2))"
+                " FROM json_each(?1) AS w",
+                (_json(ahead), max(ahead.values())),
+            ).fetchall():
+                ahead[name] -= min(waiting, ahead[name])
+            _make_deliveries(db, runs, ahead, None)
+        db.execute(
+            "UPDATE deliveries SET state = 'in_flight', claim = ?, owner = ?,"
+            f" lease_until = ? WHERE id IN ({picks})",
+            [token, owner, lease_until, *params],
+        )
+        straight = {name: n for name, n in wants.items() if name not in ordered and n > 0}
+        if runs and straight:
+            for name, n in db.execute(
+                "SELECT subscription, count(*) FROM deliveries WHERE claim = ?"
+                " AND state = 'in_flight' GROUP BY subscription",
+                (token,),
+            ):
+                if name in straight:
+                    straight[name] -= n
+            _make_deliveries(db, runs, straight, claimed)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    row: tuple[str, bytes | None] = db.execute(
+        # Times as 17 digits: JSON numbers keep 15, and a retry put back at its
+        # `created_at` must sort exactly where it was.
+        "SELECT json_group_array(json_array(d.id, d.subscription, d.attempts,"
+        " printf('%!.17g', d.created_at), d.next_attempt_at, e.envelope_id,"
+        " e.ingested_at)), CAST(group_concat(e.body, char(30)) AS BLOB)"
+        " FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.state = 'in_flight' AND d.claim = ?",
+        (token,),
+    ).fetchone()
+    return row
+
+
+def _make_deliveries(
+    db: sqlite3.Connection,
+    runs: list[Any],
+    wants: dict[str, int],
+    claimed: tuple[int, str, float] | None,
+) -> None:
+    """Turn up to `wants[lane]` of each lane's queued events, oldest first, into
+    deliveries (in flight under `claimed`, or pending when it is None), and take them
+    out of their runs. Ingest order is kept: a delivery made is newer than every other
+    of its lane. A pair already made (a replay reached it first) is passed over."""
+    taken: list[list[Any]] = []
+    cut: list[list[int]] = []
+    gone: list[int] = []
+    for run_id, name, first, last, flag, queued_at in runs:
+        n = wants.get(name, 0)
+        if n <= 0:
+            continue
+        upto = min(last, first + n - 1)
+        wants[name] = n - (upto - first + 1)
+        taken.append([name, first, upto, flag, queued_at])
+        if upto == last:
+            gone.append(run_id)
+        else:
+            cut.append([run_id, upto + 1])
+    if not taken:
+        return
+    token, owner, lease_until = claimed or (None, None, None)
+    db.execute(
+        "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at, created_at,"
+        " updated_at, ordering_key, claim, owner, lease_until)"
+        " SELECT e.id, t.value ->> 0, ?2, t.value ->> 4, t.value ->> 4, t.value ->> 4,"
+        " iif(t.value ->> 3, e.subject, NULL), ?3, ?4, ?5"
+        " FROM json_each(?1) AS t JOIN events e"
+        " ON e.id BETWEEN t.value ->> 1 AND t.value ->> 2 WHERE true ORDER BY t.key, e.id"
+        " ON CONFLICT (event_id, subscription) DO NOTHING",
+        (_json(taken), "pending" if claimed is None else "in_flight", token, owner, lease_until),
+    )
+    if gone:
+        db.execute(
+            "DELETE FROM queued_runs WHERE id IN (SELECT value FROM json_each(?))",
+            (_json(gone),),
+        )
+    if cut:
+        db.execute(
+            "UPDATE queued_runs SET first_event = c.value ->> 1 FROM json_each(?) AS c"
+            " WHERE queued_runs.id = c.value ->> 0",
+            (_json(cut),),
+        )
+
+
+def _runs(items: list[IngestItem], event_ids: Mapping[str, int]) -> list[list[Any]]:
+    """The runs of consecutive events each subscription is routed to, as rows
+    [subscription, first event, last event, ordered], oldest first. Items routed alike
+    (the same list, as the router gives every event of a type when no filter decides)
+    extend one run per subscription together: the cost is per item and per change of
+    routing, not per (item, subscription) pair."""
+    runs: list[list[Any]] = []
+    open_runs: dict[str, list[Any]] = {}
+    group: list[list[Any]] = []
+    routed: Sequence[str] | None = None
+    ordered: Collection[str] = ()
+    last = -1
+    for item in items:
+        event = event_ids[item.upstream_id]
+        if (
+            event == last + 1
+            and (item.subscriptions is routed or item.subscriptions == routed)
+            and item.ordered == ordered
+        ):
+            for run in group:
+                run[2] = event
+        else:
+            group = []
+            routed, ordered = item.subscriptions, item.ordered
+            for name in routed:
+                flag = int(name in ordered)
+                run = open_runs.get(name) or []
+                if not run or run[2] != last or run[3] != flag or event != last + 1:
+                    run = open_runs[name] = [name, event, event, flag]
+                    runs.append(run)
+                else:
+                    run[2] = event
+                group.append(run)
+            # A subscription left out here cannot be extended past this event.
+            for name in [n for n in open_runs if open_runs[n][2] != event]:
+                del open_runs[name]
+        last = event
+    return runs
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -735,9 +925,10 @@ class SqliteStore:
         """Mark due deliveries in flight, up to `wants[subscription]` for each, and return
         them oldest due first.
 
-        The hot path, in two statements and no transaction: one atomic UPDATE claims the
-        rows under a fresh token; one SELECT reads them back as a single aggregated row
-        (their bodies joined by a record separator, which JSON never leaves unescaped)."""
+        The hot path: one transaction on the database thread claims the rows under a
+        fresh token (_claim_transaction); one SELECT reads them back as a single
+        aggregated row (their bodies joined by a record separator, which JSON never
+        leaves unescaped)."""
         wants = {name: n for name, n in wants.items() if n > 0}
         if not wants:
             return []
@@ -752,27 +943,13 @@ class SqliteStore:
         picks = " UNION ALL ".join(
             _ORDERED_CLAIM_TERM if in_order else _CLAIM_TERM for _, in_order in classes
         )
-        params: list[Any] = [token]
+        params: list[Any] = []
         for (cap, _), lanes in classes.items():
             params += [_json(lanes), now, cap]
+        claimed = (token, self.owner, now + self.lease)
         async with self._lock:
-            db = self.db
-            await db.execute(
-                "UPDATE deliveries SET state = 'in_flight', claim = ?, owner = ?,"
-                f" lease_until = ? WHERE id IN ({picks})",
-                [params[0], self.owner, now + self.lease, *params[1:]],
-            )
-            meta, bodies = await self._one(
-                db,
-                # Times as 17 digits: JSON numbers keep 15, and a retry put back at its
-                # `created_at` must sort exactly where it was.
-                "SELECT json_group_array(json_array(d.id, d.subscription, d.attempts,"
-                " printf('%!.17g', d.created_at), d.next_attempt_at, e.envelope_id,"
-                " e.ingested_at)),"
-                " CAST(group_concat(e.body, char(30)) AS BLOB)"
-                " FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.state = 'in_flight' AND d.claim = ?",
-                (token,),
+            meta, bodies = await self.db.run(
+                _claim_transaction, wants, ordered, picks, params, claimed
             )
         rows = orjson.loads(meta)
         if not rows:
@@ -877,8 +1054,11 @@ class SqliteStore:
             return None
         row = await self._one(
             self.db,
-            "SELECT min((SELECT min(next_attempt_at) FROM deliveries"
-            " WHERE subscription = w.value AND state = 'pending')) FROM json_each(?) AS w",
+            # A lane's queued runs are due since they were queued.
+            "SELECT nullif(min(min(coalesce((SELECT min(next_attempt_at) FROM deliveries"
+            " WHERE subscription = w.value AND state = 'pending'), 1e300), coalesce((SELECT"
+            " queued_at FROM queued_runs WHERE subscription = w.value ORDER BY first_event"
+            " LIMIT 1), 1e300))), 1e300) FROM json_each(?) AS w",
             (_json(list(subscriptions)),),
         )
         return None if row is None else row[0]
@@ -1110,11 +1290,14 @@ class SqliteStore:
                     (_json(old),),
                 )
                 result.deliveries += cursor.rowcount
+        # Events still queued for a subscription stay. A run only ever moves forward,
+        # and a new one queues new events: the oldest queued now bounds this pass.
+        (queued,) = await self._one(self.db, "SELECT min(first_event) FROM queued_runs")
         async for rows in self._walk(
             "SELECT e.id, e.ingested_at,"
             " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) FROM events e",
             "e.id",
-            stop=lambda r: r[1] >= done_before,
+            stop=lambda r: r[1] >= done_before or (queued is not None and r[0] >= queued),
         ):
             old = [r[0] for r in rows if r[1] < done_before and not r[2]]
             if not old:
@@ -1235,6 +1418,15 @@ class SqliteStore:
             )
             for d_id, subscription, state, due, updated_at, status, duration in deliveries
         ]
+        # Still queued for these: pending, never tried.
+        traced += [
+            DeliveryTrace(subscription, "pending", queued_at, [])
+            for subscription, queued_at in await self.db.execute_fetchall(
+                "SELECT subscription, queued_at FROM queued_runs"
+                " WHERE first_event <= ?1 AND last_event >= ?1 ORDER BY id",
+                (event_id,),
+            )
+        ]
         return Trace(StoredEvent(event_id, *stored), ingested_at, traced)
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
@@ -1246,6 +1438,15 @@ class SqliteStore:
             return 0
         batch = _json(list(event_ids))
         async with self._transaction() as db:
+            # Still queued for the subscription (never tried): left where they are, and
+            # counted as queued again, as a pending delivery reset would be.
+            (waiting,) = await self._one(
+                db,
+                "SELECT count(*) FROM json_each(?2) WHERE coalesce((SELECT last_event"
+                " FROM queued_runs r WHERE r.subscription = ?1 AND r.first_event <= value"
+                " ORDER BY r.first_event DESC LIMIT 1), 0) >= value",
+                (subscription, batch),
+            )
             await db.execute(
                 "DELETE FROM dead_letters WHERE subscription = ? AND delivery_id IN"
                 " (SELECT id FROM deliveries WHERE subscription = ? AND event_id IN"
@@ -1254,16 +1455,19 @@ class SqliteStore:
             )
             cursor = await db.execute(
                 "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
-                " created_at, updated_at) SELECT value, ?, 'pending', ?, ?, ? FROM json_each(?)"
+                " created_at, updated_at) SELECT value, ?1, 'pending', ?2, ?2, ?2"
+                " FROM json_each(?3)"
                 # An event retention deleted since the replay looked it up is passed over.
-                " WHERE value IN (SELECT id FROM events) ORDER BY key"
+                " WHERE value IN (SELECT id FROM events) AND coalesce((SELECT last_event"
+                " FROM queued_runs r WHERE r.subscription = ?1 AND r.first_event <= value"
+                " ORDER BY r.first_event DESC LIMIT 1), 0) < value ORDER BY key"
                 " ON CONFLICT (event_id, subscription) DO UPDATE SET"
                 " state = 'pending', attempts = 0, next_attempt_at = excluded.next_attempt_at,"
                 " created_at = excluded.created_at, updated_at = excluded.updated_at,"
                 " last_error = NULL WHERE deliveries.state != 'in_flight'",
-                (subscription, now, now, now, batch),
+                (subscription, now, batch),
             )
-            queued = cursor.rowcount
+            queued = cursor.rowcount + int(waiting)
         if queued:
             self._work_arrived()
         return queued

@@ -561,3 +561,67 @@ async def test_a_trace_tells_every_attempt_for_every_subscription(store: Store) 
     assert by["b"].state == "dead"
     assert await store.trace("seq:404") is None
     assert await store.trace("nonsense") is None
+
+
+async def test_every_pair_is_claimed_once_in_order_however_events_are_routed(
+    store: Store,
+) -> None:
+    """Events routed to different sets of subscriptions, a page ingested twice, claims of
+    every size, a replay of an event not yet claimed: each subscription gets each of its
+    events exactly once, in ingest order, and the counts follow."""
+    wanted = {
+        "a": list(range(1, 46)),
+        "b": [n for n in range(1, 46) if n % 3 == 0],
+        "c": [n for n in range(1, 46) if n <= 10 or n > 20],
+    }
+
+    def routed(n: int) -> tuple[str, ...]:
+        return tuple(name for name, ns in wanted.items() if n in ns)
+
+    for first, last in ((1, 20), (15, 35), (36, 45)):
+        await store.ingest("seq", [ingest_item(n, routed(n)) for n in range(first, last + 1)], "x")
+    counts = await store.counts()
+    assert {name: counts[name].pending for name in wanted} == {"a": 45, "b": 15, "c": 35}
+    (thirty,) = await store.stored_events(0, 1, envelope_ids=["seq:30"])
+    got: dict[str, list[int]] = {name: [] for name in wanted}
+    sizes = iter([1, 7, 2, 5, 3, 64] * 10)
+    for _ in range(40):
+        claimed = await store.claim({name: next(sizes) for name in wanted}, now=1e12)
+        if not claimed:
+            break
+        for d in claimed:
+            got[d.subscription].append(json.loads(d.body)["data"]["n"])
+        await store.complete([Outcome(d.id, "delivered", 1, at=1.0) for d in claimed])
+        if len(got["c"]) == 5:
+            assert await store.enqueue("c", [thirty.id], 2.0) == 1  # not claimed yet
+    assert got == wanted
+    counts = await store.counts()
+    assert {name: (counts[name].pending, counts[name].delivered) for name in wanted} == {
+        "a": (0, 45),
+        "b": (0, 15),
+        "c": (0, 35),
+    }
+    assert await store.next_due_at(list(wanted)) is None
+
+
+async def test_work_not_yet_claimed_is_due_traced_and_kept(store: Store) -> None:
+    """Ingested and not yet claimed: due at once, traced as pending with no attempt, and
+    its event kept by retention however old it is."""
+    now = time.time()
+    clock.set_clock(lambda: now - 10_000)
+    try:
+        await store.ingest("seq", [ingest_item(n, ("a", "b")) for n in (1, 2)], "2")
+    finally:
+        clock.set_clock(None)
+    assert (await store.next_due_at(["b"]) or now) <= now - 10_000 + 1
+    claimed = await store.claim({"a": 10}, now)
+    await store.complete([Outcome(d.id, "delivered", 1, at=now - 5000) for d in claimed])
+    trace = await store.trace("seq:2")
+    assert trace is not None
+    by = {d.subscription: d for d in trace.deliveries}
+    assert (by["a"].state, [x.outcome for x in by["a"].attempts]) == ("delivered", ["delivered"])
+    assert (by["b"].state, by["b"].attempts) == ("pending", [])
+    assert by["b"].next_attempt_at is not None and by["b"].next_attempt_at <= now
+    pruned = await store.prune(now=now, delivered_for=1000.0, dead_letters_for=None)
+    assert (pruned.deliveries, pruned.events) == (2, 0)  # a's went; b still wants the events
+    assert [d.envelope_id for d in await store.claim({"b": 10}, now)] == ["seq:1", "seq:2"]
