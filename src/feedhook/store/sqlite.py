@@ -54,6 +54,7 @@ from feedhook.store.base import (
     Trace,
     new_owner,
 )
+from feedhook.store.fanout import Stretches, queue
 
 log = logging.getLogger("feedhook.store")
 
@@ -233,23 +234,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_holding_lines ON deliveries (subscription, ordering_key, id)
         WHERE ordering_key IS NOT NULL AND (state = 'in_flight' OR attempts > 0);
     """,
-    # Fan-out as runs: an ingest writes, per subscription, one row for each run of
-    # consecutive new events routed to it, not a row per (event, subscription) pair; a
-    # claim turns a lane's oldest runs into its deliveries (in flight at once, or pending
-    # where the lane keeps subjects in order). A hundred subscriptions cost an ingest a
-    # hundred small rows per page, not a hundred per event. Runs count as pending. An
-    # event keeps its subject for the ordered lanes.
+    # Fan-out as runs (store/fanout.py): per subscription, a row for each stretch of
+    # consecutive new events routed to it (every event id from first to last), turned
+    # into deliveries by the claims. Runs count as pending.
     """
     CREATE TABLE queued_runs (
         id INTEGER PRIMARY KEY,
         subscription TEXT NOT NULL,
         first_event INTEGER NOT NULL,
         last_event INTEGER NOT NULL,
-        ordered INTEGER NOT NULL,
         queued_at REAL NOT NULL
     );
     CREATE INDEX queued_runs_by_subscription ON queued_runs (subscription, first_event);
-    ALTER TABLE events ADD COLUMN subject TEXT;
     CREATE TRIGGER queued_runs_counted_insert AFTER INSERT ON queued_runs BEGIN
         INSERT INTO delivery_counts (subscription, state, n)
             VALUES (NEW.subscription, 'pending', NEW.last_event - NEW.first_event + 1)
@@ -317,8 +313,8 @@ def _ingest_transaction(
             chunk = new[start : start + INSERT_CHUNK]
             rows = db.execute(
                 "INSERT INTO events (source, upstream_id, envelope_id, type, body,"
-                " ingested_at, subject) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                " ingested_at) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
                 + " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id",
                 [
                     value
@@ -330,27 +326,35 @@ def _ingest_transaction(
                         i.envelope.type,
                         sequenced(i.envelope.body, n),
                         now,
-                        i.envelope.subject if i.ordered else None,
                     )
                 ],
             ).fetchall()
             event_ids.update(rows)
         fresh = [i for i in new if i.upstream_id in event_ids]
-        runs = _runs(fresh, event_ids)
-        if runs:
-            # Never queued before the last run queued, even if the clock stepped back: an
-            # ordered lane relies on its waiting deliveries being due in ingest order.
+        queued = queue(fresh, [event_ids[i.upstream_id] for i in fresh])
+        if queued:
+            # Never queued before the last, even if the clock stepped back: an ordered
+            # lane relies on its waiting deliveries being due in ingest order.
             (latest,) = db.execute(
                 "SELECT max(coalesce((SELECT queued_at FROM queued_runs ORDER BY id DESC"
                 " LIMIT 1), 0), coalesce((SELECT created_at FROM deliveries ORDER BY id DESC"
                 " LIMIT 1), 0))"
             ).fetchone()
-            db.execute(
-                "INSERT INTO queued_runs (subscription, first_event, last_event, ordered,"
-                " queued_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?1"
-                " FROM json_each(?2) ORDER BY key",
-                (max(now, latest), _json(runs)),
-            )
+            at = max(now, latest)
+            if queued.runs:
+                db.execute(
+                    "INSERT INTO queued_runs (subscription, first_event, last_event,"
+                    " queued_at) SELECT value ->> 0, value ->> 1, value ->> 2, ?1"
+                    " FROM json_each(?2) ORDER BY key",
+                    (at, _json(queued.runs)),
+                )
+            if queued.pairs:
+                db.execute(
+                    "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                    " created_at, updated_at, ordering_key) SELECT value ->> 0, value ->> 1,"
+                    " 'pending', ?1, ?1, ?1, value ->> 2 FROM json_each(?2) ORDER BY key",
+                    (at, _json(queued.pairs)),
+                )
         # A page read is a successful poll: recorded with the cursor, no extra commit.
         db.execute(
             "INSERT INTO sources (name, cursor, cursor_updated_at, last_poll_at,"
@@ -375,61 +379,47 @@ def _ingest_transaction(
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return fresh, bool(runs)
+    return fresh, bool(queued)
 
 
 def _claim_transaction(
     db: sqlite3.Connection,
     wants: Mapping[str, int],
-    ordered: Collection[str],
     picks: str,
     params: list[Any],
     claimed: tuple[int, str, float],
 ) -> tuple[str, bytes | None]:
     """Store.claim's transaction, run on the database thread. Deliveries already made
-    come first (retries and recovered claims are older than anything still queued):
-    `picks` selects the due ones and they are marked in flight under the claim token.
-    Then each lane's oldest queued runs become deliveries: an unordered lane's straight
-    in flight under the token, as many as it still wants; an ordered lane's pending,
-    a window ahead, before its claim, which picks each subject's first among them (a
-    run is newer than every delivery of its lane, so none jumps its subject's line)."""
+    come first (retries, recovered claims and ordered lanes' waiting ones are older than
+    anything still queued): `picks` selects the due ones, marked in flight under the
+    claim token. Then each lane's oldest queued runs become deliveries straight in
+    flight under the token, as many as the lane still wants. Returns what the token
+    claimed, read back as one aggregated row."""
     token, owner, lease_until = claimed
     db.execute("BEGIN IMMEDIATE")
     try:
         runs = db.execute(
-            "SELECT r.id, r.subscription, r.first_event, r.last_event, r.ordered, r.queued_at"
+            "SELECT r.id, r.subscription, r.first_event, r.last_event, r.queued_at"
             f" FROM json_each(?1) AS w JOIN queued_runs r ON {_NOT_DISABLED} AND r.id IN"
             " (SELECT id FROM queued_runs WHERE subscription = w.key ORDER BY first_event"
             " LIMIT ?2) ORDER BY r.id",
-            (_json(wants), 2 * max(wants.values())),
+            (_json(wants), max(wants.values())),
         ).fetchall()
-        ahead = {name: 2 * n for name, n in wants.items() if name in ordered}
-        if runs and ahead:
-            # Ordered lanes: pending deliveries topped up to twice what each wants, a
-            # window to pick each subject's first from.
-            for name, waiting in db.execute(
-                "SELECT w.key, (SELECT count(*) FROM (SELECT 1 FROM deliveries"
-                " WHERE subscription = w.key AND state = 'pending' LIMIT ?2))"
-                " FROM json_each(?1) AS w",
-                (_json(ahead), max(ahead.values())),
-            ).fetchall():
-                ahead[name] -= min(waiting, ahead[name])
-            _make_deliveries(db, runs, ahead, None)
         db.execute(
             "UPDATE deliveries SET state = 'in_flight', claim = ?, owner = ?,"
             f" lease_until = ? WHERE id IN ({picks})",
             [token, owner, lease_until, *params],
         )
-        straight = {name: n for name, n in wants.items() if name not in ordered and n > 0}
-        if runs and straight:
-            for name, n in db.execute(
-                "SELECT subscription, count(*) FROM deliveries WHERE claim = ?"
-                " AND state = 'in_flight' GROUP BY subscription",
-                (token,),
-            ):
-                if name in straight:
-                    straight[name] -= n
-            _make_deliveries(db, runs, straight, claimed)
+        if runs:
+            room = dict(wants)
+            if db.execute("SELECT changes()").fetchone()[0]:
+                for name, n in db.execute(
+                    "SELECT subscription, count(*) FROM deliveries WHERE claim = ?"
+                    " AND state = 'in_flight' GROUP BY subscription",
+                    (token,),
+                ):
+                    room[name] -= n
+            _make_deliveries(db, runs, room, claimed)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -451,39 +441,36 @@ def _claim_transaction(
 def _make_deliveries(
     db: sqlite3.Connection,
     runs: list[Any],
-    wants: dict[str, int],
-    claimed: tuple[int, str, float] | None,
+    room: dict[str, int],
+    claimed: tuple[int, str, float],
 ) -> None:
-    """Turn up to `wants[lane]` of each lane's queued events, oldest first, into
-    deliveries (in flight under `claimed`, or pending when it is None), and take them
-    out of their runs. Ingest order is kept: a delivery made is newer than every other
-    of its lane. A pair already made (a replay reached it first) is passed over."""
+    """Turn up to `room[lane]` of each lane's queued events, oldest first, into
+    deliveries in flight under the claim, and take them out of their runs. A pair
+    already made (a replay reached it first) is passed over."""
     taken: list[list[Any]] = []
     cut: list[list[int]] = []
     gone: list[int] = []
-    for run_id, name, first, last, flag, queued_at in runs:
-        n = wants.get(name, 0)
+    for run_id, name, first, last, queued_at in runs:
+        n = room[name]
         if n <= 0:
             continue
         upto = min(last, first + n - 1)
-        wants[name] = n - (upto - first + 1)
-        taken.append([name, first, upto, flag, queued_at])
+        room[name] = n - (upto - first + 1)
+        taken.append([name, first, upto, queued_at])
         if upto == last:
             gone.append(run_id)
         else:
             cut.append([run_id, upto + 1])
     if not taken:
         return
-    token, owner, lease_until = claimed or (None, None, None)
     db.execute(
         "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at, created_at,"
-        " updated_at, ordering_key, claim, owner, lease_until)"
-        " SELECT e.id, t.value ->> 0, ?2, t.value ->> 4, t.value ->> 4, t.value ->> 4,"
-        " iif(t.value ->> 3, e.subject, NULL), ?3, ?4, ?5"
-        " FROM json_each(?1) AS t JOIN events e"
+        " updated_at, claim, owner, lease_until)"
+        " SELECT e.id, t.value ->> 0, 'in_flight', t.value ->> 3, t.value ->> 3,"
+        " t.value ->> 3, ?2, ?3, ?4 FROM json_each(?1) AS t JOIN events e"
         " ON e.id BETWEEN t.value ->> 1 AND t.value ->> 2 WHERE true ORDER BY t.key, e.id"
         " ON CONFLICT (event_id, subscription) DO NOTHING",
-        (_json(taken), "pending" if claimed is None else "in_flight", token, owner, lease_until),
+        (_json(taken), *claimed),
     )
     if gone:
         db.execute(
@@ -496,46 +483,6 @@ def _make_deliveries(
             " WHERE queued_runs.id = c.value ->> 0",
             (_json(cut),),
         )
-
-
-def _runs(items: list[IngestItem], event_ids: Mapping[str, int]) -> list[list[Any]]:
-    """The runs of consecutive events each subscription is routed to, as rows
-    [subscription, first event, last event, ordered], oldest first. Items routed alike
-    (the same list, as the router gives every event of a type when no filter decides)
-    extend one run per subscription together: the cost is per item and per change of
-    routing, not per (item, subscription) pair."""
-    runs: list[list[Any]] = []
-    open_runs: dict[str, list[Any]] = {}
-    group: list[list[Any]] = []
-    routed: Sequence[str] | None = None
-    ordered: Collection[str] = ()
-    last = -1
-    for item in items:
-        event = event_ids[item.upstream_id]
-        if (
-            event == last + 1
-            and (item.subscriptions is routed or item.subscriptions == routed)
-            and item.ordered == ordered
-        ):
-            for run in group:
-                run[2] = event
-        else:
-            group = []
-            routed, ordered = item.subscriptions, item.ordered
-            for name in routed:
-                flag = int(name in ordered)
-                run = open_runs.get(name) or []
-                if not run or run[2] != last or run[3] != flag or event != last + 1:
-                    run = open_runs[name] = [name, event, event, flag]
-                    runs.append(run)
-                else:
-                    run[2] = event
-                group.append(run)
-            # A subscription left out here cannot be extended past this event.
-            for name in [n for n in open_runs if open_runs[n][2] != event]:
-                del open_runs[name]
-        last = event
-    return runs
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -948,9 +895,7 @@ class SqliteStore:
             params += [_json(lanes), now, cap]
         claimed = (token, self.owner, now + self.lease)
         async with self._lock:
-            meta, bodies = await self.db.run(
-                _claim_transaction, wants, ordered, picks, params, claimed
-            )
+            meta, bodies = await self.db.run(_claim_transaction, wants, picks, params, claimed)
         rows = orjson.loads(meta)
         if not rows:
             return []
@@ -1290,16 +1235,18 @@ class SqliteStore:
                     (_json(old),),
                 )
                 result.deliveries += cursor.rowcount
-        # Events still queued for a subscription stay. A run only ever moves forward,
-        # and a new one queues new events: the oldest queued now bounds this pass.
-        (queued,) = await self._one(self.db, "SELECT min(first_event) FROM queued_runs")
+        # Events still queued for a subscription stay. Runs only shrink, and a new one
+        # queues new events: what is queued now covers all this pass may meet.
+        queued = Stretches(
+            await self.db.execute_fetchall("SELECT first_event, last_event FROM queued_runs")
+        )
         async for rows in self._walk(
             "SELECT e.id, e.ingested_at,"
             " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) FROM events e",
             "e.id",
-            stop=lambda r: r[1] >= done_before or (queued is not None and r[0] >= queued),
+            stop=lambda r: r[1] >= done_before,
         ):
-            old = [r[0] for r in rows if r[1] < done_before and not r[2]]
+            old = [r[0] for r in rows if r[1] < done_before and not r[2] and r[0] not in queued]
             if not old:
                 continue
             async with self._transaction() as db:

@@ -625,3 +625,25 @@ async def test_work_not_yet_claimed_is_due_traced_and_kept(store: Store) -> None
     pruned = await store.prune(now=now, delivered_for=1000.0, dead_letters_for=None)
     assert (pruned.deliveries, pruned.events) == (2, 0)  # a's went; b still wants the events
     assert [d.envelope_id for d in await store.claim({"b": 10}, now)] == ["seq:1", "seq:2"]
+
+
+async def test_a_lane_that_waits_keeps_only_its_own_events(store: Store) -> None:
+    """A disabled subscription's queue holds its own events back from retention, not the
+    events around them that others finished with."""
+    now = time.time()
+    clock.set_clock(lambda: now - 10_000)
+    try:
+        shapes = {n: ("a", "b") if n % 2 else ("a",) for n in range(1, 7)}
+        await store.ingest("seq", [ingest_item(n, shapes[n]) for n in shapes], "6")
+    finally:
+        clock.set_clock(None)
+    await store.disable("b", "by hand", now)
+    claimed = await store.claim({"a": 10, "b": 10}, now)
+    assert {d.subscription for d in claimed} == {"a"}
+    await store.complete([Outcome(d.id, "delivered", 1, at=now - 5000) for d in claimed])
+    pruned = await store.prune(now=now, delivered_for=1000.0, dead_letters_for=None)
+    assert (pruned.deliveries, pruned.events) == (6, 3)
+    left = [e.envelope_id for e in await store.stored_events(0, 100)]
+    assert left == ["seq:1", "seq:3", "seq:5"]
+    await store.enable("b", now)
+    assert [d.envelope_id for d in await store.claim({"b": 10}, now)] == left
