@@ -49,6 +49,7 @@ from feedhook.store.base import (
     Trace,
     new_owner,
 )
+from feedhook.store.fanout import Stretches, queue
 
 try:
     import asyncpg
@@ -200,6 +201,19 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE ordering_key IS NOT NULL AND state IN ('delivered', 'dead');
     CREATE INDEX deliveries_in_line ON deliveries (subscription, ordering_key, id)
         WHERE ordering_key IS NOT NULL;
+    """,
+    # Fan-out as runs (store/fanout.py): per subscription, a row for each stretch of
+    # new events routed to it together, turned into deliveries by the claims. Its
+    # events' ids as an array: concurrent ingests draw ids from one sequence, so a
+    # stretch's are increasing but not always consecutive.
+    """
+    CREATE TABLE queued_runs (
+        id BIGSERIAL PRIMARY KEY,
+        subscription TEXT NOT NULL,
+        events BIGINT[] NOT NULL,
+        queued_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX queued_runs_by_subscription ON queued_runs (subscription, id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -570,23 +584,31 @@ class PostgresStore:
                 sequence = holder["sequence"] if holder is not None else 0
                 bodies = [sequenced(i.envelope.body, sequence + n) for n, i in enumerate(new, 1)]
                 sequence += len(new)
-                pairs = [
-                    (i.upstream_id, n, i.envelope.subject if n in i.ordered else None)
-                    for i in new
-                    for n in i.subscriptions
-                ]
-                # One statement, one round trip: the events, their deliveries (in ingest
-                # order), the cursor, and the wake-up, sent at commit if any was queued.
+                # Numbered by place in `new`; the statement maps places to event ids.
+                queued = queue(new, range(1, len(new) + 1))
+                runs = queued.runs
+                # One statement, one round trip: the events, their runs and ordered
+                # deliveries (in ingest order), the cursor, and the wake-up, sent at
+                # commit if anything was queued.
                 rows = await conn.fetch(
                     "WITH ev AS (INSERT INTO events (source, upstream_id, envelope_id, type,"
                     " body, ingested_at) SELECT $1, u, e, t, b, $6 FROM unnest($2::text[],"
                     " $3::text[], $4::text[], $5::bytea[]) AS x(u, e, t, b)"
                     " ON CONFLICT (source, upstream_id) DO NOTHING RETURNING upstream_id, id),"
-                    " queued AS (INSERT INTO deliveries (event_id, subscription, state,"
-                    " next_attempt_at, created_at, updated_at, ordering_key) SELECT ev.id, p.s,"
-                    " 'pending', $6, $6, $6, p.k FROM unnest($7::text[], $8::text[],"
-                    " $9::text[]) WITH ORDINALITY AS p(u, s, k, n) JOIN ev ON ev.upstream_id"
-                    " = p.u ORDER BY p.n RETURNING 1),"
+                    # Each place's event id, NULL where the event was not written.
+                    " ids AS (SELECT array_agg(ev.id ORDER BY x.n) AS a FROM unnest($2::text[])"
+                    " WITH ORDINALITY AS x(u, n) LEFT JOIN ev ON ev.upstream_id = x.u),"
+                    " paired AS (INSERT INTO deliveries (event_id, subscription, state,"
+                    " next_attempt_at, created_at, updated_at, ordering_key) SELECT ids.a[p.at],"
+                    " p.s, 'pending', $6, $6, $6, p.k FROM unnest($7::int[], $8::text[],"
+                    " $9::text[]) WITH ORDINALITY AS p(at, s, k, n) CROSS JOIN ids"
+                    " WHERE ids.a[p.at] IS NOT NULL ORDER BY p.n RETURNING 1),"
+                    " ran AS (INSERT INTO queued_runs (subscription, events, queued_at)"
+                    " SELECT r.s, r.e, $6 FROM (SELECT r.s, array_remove(ids.a[r.lo:r.hi], NULL)"
+                    " AS e, r.n FROM unnest($15::text[], $16::int[], $17::int[]) WITH ORDINALITY"
+                    " AS r(s, lo, hi, n) CROSS JOIN ids) AS r WHERE r.e <> '{}' ORDER BY r.n"
+                    " RETURNING 1),"
+                    " queued AS (SELECT 1 FROM paired UNION ALL SELECT 1 FROM ran),"
                     " moved AS (INSERT INTO sources (name, cursor, cursor_updated_at,"
                     " last_poll_at, last_success_at, sequence) VALUES ($1, $10, $6, $6, $6, $11)"
                     " ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor,"
@@ -607,14 +629,17 @@ class PostgresStore:
                     [i.envelope.type for i in new],
                     bodies,
                     now,
-                    [p[0] for p in pairs],
-                    [p[1] for p in pairs],
-                    [p[2] for p in pairs],
+                    [p[0] for p in queued.pairs],
+                    [p[1] for p in queued.pairs],
+                    [p[2] for p in queued.pairs],
                     cursor,
                     sequence,
                     self.owner,
                     now + self.lease,
                     CHANNEL,
+                    [r[0] for r in runs],
+                    [r[1] for r in runs],
+                    [r[2] for r in runs],
                 )
                 written = {r["upstream_id"] for r in rows}
                 fresh = [i for i in new if i.upstream_id in written]
@@ -736,10 +761,38 @@ class PostgresStore:
                 " claimed AS (UPDATE deliveries SET state = 'in_flight', owner = $4,"
                 " lease_until = $5 FROM due WHERE deliveries.id = due.id RETURNING"
                 " deliveries.id, deliveries.subscription, deliveries.event_id,"
-                " deliveries.attempts, deliveries.created_at, deliveries.next_attempt_at)"
+                " deliveries.attempts, deliveries.created_at, deliveries.next_attempt_at),"
+                # Then each lane's oldest queued runs, as many events as it still wants,
+                # straight in flight; runs another replica is taking are passed over.
+                " got AS (SELECT subscription, count(*) AS k FROM claimed GROUP BY 1),"
+                " room AS (SELECT w.s, w.n - coalesce(got.k, 0) AS n FROM unnest($1::text[],"
+                " $2::int[]) AS w(s, n) LEFT JOIN got ON got.subscription = w.s"
+                " WHERE w.s NOT IN (SELECT subscription FROM subscription_states"
+                " WHERE state = 'disabled')),"
+                " picked AS (SELECT q.id, q.events, q.subscription, q.queued_at, room.n"
+                " - coalesce(sum(cardinality(q.events)) OVER (PARTITION BY q.subscription"
+                " ORDER BY q.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS k"
+                " FROM room CROSS JOIN LATERAL (SELECT id, events, subscription, queued_at"
+                " FROM queued_runs WHERE subscription = room.s ORDER BY id LIMIT room.n"
+                " FOR UPDATE SKIP LOCKED) q WHERE room.n > 0),"
+                " take AS (SELECT id, events, subscription, queued_at,"
+                " least(k, cardinality(events)) AS k FROM picked WHERE k > 0),"
+                " made AS (INSERT INTO deliveries (event_id, subscription, state,"
+                " next_attempt_at, created_at, updated_at, owner, lease_until)"
+                " SELECT u.e, t.subscription, 'in_flight', t.queued_at, t.queued_at,"
+                " t.queued_at, $4, $5 FROM take t CROSS JOIN LATERAL unnest(t.events[1:t.k])"
+                " WITH ORDINALITY AS u(e, i) ORDER BY t.id, u.i"
+                # A pair a replay made first is passed over.
+                " ON CONFLICT (event_id, subscription) DO NOTHING RETURNING id, subscription,"
+                " event_id, attempts, created_at, next_attempt_at),"
+                " cut AS (UPDATE queued_runs q SET events = q.events[t.k + 1:] FROM take t"
+                " WHERE q.id = t.id AND t.k < cardinality(t.events)),"
+                " gone AS (DELETE FROM queued_runs q USING take t"
+                " WHERE q.id = t.id AND t.k = cardinality(t.events))"
                 " SELECT c.id, c.subscription, e.envelope_id, e.body, c.attempts,"
-                " c.created_at, e.ingested_at FROM claimed c JOIN events e"
-                " ON e.id = c.event_id ORDER BY c.next_attempt_at, c.id",
+                " c.created_at, e.ingested_at FROM (SELECT * FROM claimed UNION ALL"
+                " SELECT * FROM made) c JOIN events e ON e.id = c.event_id"
+                " ORDER BY c.next_attempt_at, c.id",
                 names,
                 [wants[n] for n in names],
                 now,
@@ -851,8 +904,10 @@ class PostgresStore:
     async def next_due_at(self, subscriptions: Sequence[str]) -> float | None:
         value = await self._run(
             lambda c: c.fetchval(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-                " AND subscription = ANY($1::text[])",
+                "SELECT least((SELECT min(next_attempt_at) FROM deliveries"
+                " WHERE state = 'pending' AND subscription = ANY($1::text[])),"
+                # A lane's queued runs are due since they were queued.
+                " (SELECT min(queued_at) FROM queued_runs WHERE subscription = ANY($1::text[])))",
                 list(subscriptions),
             )
         )
@@ -961,6 +1016,11 @@ class PostgresStore:
                     c.delivered += r["n"]
                 else:
                     c.dead += r["n"]
+            for r in await conn.fetch(
+                "SELECT subscription, sum(cardinality(events)) AS n FROM queued_runs"
+                " GROUP BY subscription"
+            ):
+                counts.setdefault(r["subscription"], SubscriptionCounts()).pending += r["n"]
             for r in await conn.fetch("SELECT subscription, n FROM pruned_delivered"):
                 counts.setdefault(r["subscription"], SubscriptionCounts()).delivered += r["n"]
             for r in await conn.fetch(
@@ -1090,6 +1150,15 @@ class PostgresStore:
 
             return run
 
+        # Events still queued for a subscription stay: those between the first and last
+        # of each run. Runs only shrink, and a new one queues events far younger than
+        # the retention: what is queued now covers all the passes below may meet.
+        queued = Stretches(
+            await self._run(
+                lambda c: c.fetch("SELECT events[1], events[cardinality(events)] FROM queued_runs")
+            )
+        ).merged()
+
         async def events(conn: Any) -> int:
             async with conn.transaction():
                 # No replay is queuing deliveries of the events this finds unreferenced.
@@ -1097,9 +1166,13 @@ class PostgresStore:
                 status = await conn.execute(
                     "DELETE FROM events WHERE id IN (SELECT id FROM events e"
                     " WHERE ingested_at < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
-                    " WHERE d.event_id = e.id) LIMIT $2)",
+                    " WHERE d.event_id = e.id) AND NOT EXISTS (SELECT 1 FROM"
+                    " unnest($3::bigint[], $4::bigint[]) AS q(first, last)"
+                    " WHERE e.id BETWEEN q.first AND q.last) LIMIT $2)",
                     done_before,
                     PRUNE_BATCH,
+                    [first for first, _ in queued],
+                    [last for _, last in queued],
                 )
                 return int(status.split()[-1])
 
@@ -1204,6 +1277,15 @@ class PostgresStore:
                 )
                 for d in deliveries
             ]
+            # Still queued for these: pending, never tried.
+            traced += [
+                DeliveryTrace(r["subscription"], "pending", r["queued_at"], [])
+                for r in await conn.fetch(
+                    "SELECT subscription, queued_at FROM queued_runs WHERE $1 = ANY(events)"
+                    " ORDER BY id",
+                    e["id"],
+                )
+            ]
             event = StoredEvent(e["id"], e["envelope_id"], e["source"], e["type"], e["body"])
             return Trace(event, e["ingested_at"], traced)
 
@@ -1211,6 +1293,9 @@ class PostgresStore:
         return traced
 
     async def enqueue(self, subscription: str, event_ids: Sequence[int], now: float) -> int:
+        if not event_ids:
+            return 0
+
         async def enqueue(conn: Any) -> int:
             async with conn.transaction():
                 # Retention deletes no event while this queues deliveries of them; one it
@@ -1223,19 +1308,35 @@ class PostgresStore:
                     subscription,
                     list(event_ids),
                 )
+                # Still queued for the subscription (never tried): left where they are,
+                # and counted as queued again, as a pending delivery reset would be.
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM (SELECT DISTINCT x.e FROM queued_runs r,"
+                    " unnest(r.events) AS x(e) WHERE r.subscription = $1"
+                    " AND r.events[1] <= $3 AND r.events[cardinality(r.events)] >= $2"
+                    " AND x.e = ANY($4::bigint[])) AS q",
+                    subscription,
+                    min(event_ids),
+                    max(event_ids),
+                    list(event_ids),
+                )
                 status = await conn.execute(
                     "INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
                     " created_at, updated_at) SELECT id, $1, 'pending', $3, $3, $3 FROM"
-                    " events WHERE id = ANY($2::bigint[]) ORDER BY id"
-                    " ON CONFLICT (event_id, subscription) DO"
+                    " events WHERE id = ANY($2::bigint[]) AND id NOT IN (SELECT x.e FROM"
+                    " queued_runs r, unnest(r.events) AS x(e) WHERE r.subscription = $1"
+                    " AND r.events[1] <= $5 AND r.events[cardinality(r.events)] >= $4)"
+                    " ORDER BY id ON CONFLICT (event_id, subscription) DO"
                     " UPDATE SET state = 'pending', attempts = 0, next_attempt_at = $3,"
                     " created_at = $3, updated_at = $3, last_error = NULL"
                     " WHERE deliveries.state != 'in_flight'",
                     subscription,
                     list(event_ids),
                     now,
+                    min(event_ids),
+                    max(event_ids),
                 )
-                queued = int(status.split()[-1])
+                queued = int(status.split()[-1]) + int(waiting)
                 if queued:
                     await self._notify_on(conn)
                 return queued

@@ -41,8 +41,8 @@ async def test_migration_takes_finished_deliveries_out_of_line(
     """Upgraded to lines kept by ordering_key alone: a delivery finished before the
     upgrade does not hold back its subject's next one, an unfinished one still does."""
     original = postgres_store.MIGRATIONS
-    monkeypatch.setattr(postgres_store, "MIGRATIONS", original[:-1])
-    monkeypatch.setattr(postgres_store, "SCHEMA_VERSION", len(original) - 1)
+    monkeypatch.setattr(postgres_store, "MIGRATIONS", original[:-2])
+    monkeypatch.setattr(postgres_store, "SCHEMA_VERSION", len(original) - 2)
     async with PostgresStore(postgres_url):
         pass
     db = await asyncpg.connect(postgres_url)
@@ -96,8 +96,10 @@ async def test_a_claim_whose_answer_was_lost_is_not_kept_forever(postgres_url: s
         db = await asyncpg.connect(postgres_url)
         try:  # the lost answer: claimed in the database under this owner, never returned
             await db.execute(
-                "UPDATE deliveries SET state = 'in_flight', owner = $1, lease_until = $2"
-                " WHERE state = 'pending'",
+                "WITH taken AS (DELETE FROM queued_runs RETURNING subscription, events)"
+                " INSERT INTO deliveries (event_id, subscription, state, next_attempt_at,"
+                " created_at, updated_at, owner, lease_until) SELECT unnest(events),"
+                " subscription, 'in_flight', 1.0, 1.0, 1.0, $1, $2 FROM taken",
                 store.owner,
                 now + 30,
             )
