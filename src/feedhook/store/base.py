@@ -275,11 +275,13 @@ class Store(Protocol):
         subjects: Sequence[Subject] = (),
     ) -> Sequence[IngestItem]:
         """Write in one transaction: the items' events not stored yet (by `upstream_id`;
-        the first of duplicates in `items` wins), a pending delivery for each of their
-        subscriptions, the cursor with a successful poll, and `subjects` (replacing the
-        representation kept for each url). Each new event gets the next number of its
-        source, in `items` order, as the envelope's CloudEvents `sequence` (`sequenced`:
-        no gaps, so receivers can tell one is missing). Returns the items that were new.
+        the first of duplicates in `items` wins), each queued for its subscriptions
+        (pending from now on; a durable store keeps them as runs that claims turn into
+        deliveries, store/fanout.py), the cursor with a successful poll, and
+        `subjects` (replacing the representation kept for each url). Each new event
+        gets the next number of its source, in `items` order, as the envelope's
+        CloudEvents `sequence` (`sequenced`: no gaps, so receivers can tell one is
+        missing). Returns the items that were new.
         Idempotent: the same call again writes no event and no delivery. Raises
         SourceLost, writing nothing, while another owner holds an unexpired lease on
         the source."""
