@@ -906,8 +906,11 @@ class PostgresStore:
             lambda c: c.fetchval(
                 "SELECT least((SELECT min(next_attempt_at) FROM deliveries"
                 " WHERE state = 'pending' AND subscription = ANY($1::text[])),"
-                # A lane's queued runs are due since they were queued.
-                " (SELECT min(queued_at) FROM queued_runs WHERE subscription = ANY($1::text[])))",
+                # A lane's queued runs are due since they were queued: its oldest says
+                # when (one index probe a lane, however long its queue).
+                " (SELECT min(q.at) FROM unnest($1::text[]) AS w(s) CROSS JOIN LATERAL"
+                " (SELECT queued_at AS at FROM queued_runs WHERE subscription = w.s"
+                " ORDER BY id LIMIT 1) AS q))",
                 list(subscriptions),
             )
         )
