@@ -69,6 +69,16 @@ EVENTS_LOCK = MIGRATION_LOCK + 1
 POOL_SIZE = 10  # connections per store: the dispatcher's claims and outcomes, polls, admin
 PRUNE_BATCH = 1000
 RETRY_FIRST, RETRY_MAX = 0.2, 10.0
+# Which of a batch's upstream ids ($2) a source ($1) has stored: one probe of the unique
+# index per id. Asked as `upstream_id = ANY($2)`, the planner walked every stored entry
+# of the source for every batch (until autovacuum first analyzed the table, and where
+# the source holds few distinct ids for its size): a catch-up slowed as it went.
+STORED_ALREADY = (
+    "SELECT e.upstream_id FROM unnest($2::text[]) AS u(id) CROSS JOIN LATERAL"
+    # LIMIT 1 (there is at most one) keeps the planner from flattening this into a join
+    # that walks every entry of the source.
+    " (SELECT upstream_id FROM events WHERE source = $1 AND upstream_id = u.id LIMIT 1) AS e"
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -574,10 +584,7 @@ class PostgresStore:
                 stored = {
                     r["upstream_id"]
                     for r in await conn.fetch(
-                        "SELECT upstream_id FROM events WHERE source = $1"
-                        " AND upstream_id = ANY($2::text[])",
-                        source,
-                        [i.upstream_id for i in unique],
+                        STORED_ALREADY, source, [i.upstream_id for i in unique]
                     )
                 }
                 new = [i for i in unique if i.upstream_id not in stored]

@@ -140,3 +140,36 @@ async def test_a_deadlock_is_retried_not_fatal(postgres_url: str) -> None:
 
 def delivered(delivery: Delivery, at: float) -> Outcome:
     return Outcome(delivery.id, "delivered", delivery.attempts + 1, at, status_code=200)
+
+
+async def test_a_first_catch_up_finds_stored_events_by_index(postgres_url: str) -> None:
+    """Before autovacuum first analyzes `events` (a first catch-up), telling a batch's
+    new events from stored ones probes the unique index once per id: walking every
+    stored entry of the source for every batch made a catch-up slower as it went."""
+    db = await asyncpg.connect(postgres_url)
+    try:
+        async with PostgresStore(postgres_url) as store:
+            await db.execute("ALTER TABLE events SET (autovacuum_enabled = false)")
+            for start in range(1, 3001, 100):
+                batch = [ingest_item(n) for n in range(start, start + 100)]
+                await store.ingest("seq", batch, str(start))
+
+        # Once the closed connections' statistics are in (3,000 index scans at least:
+        # the inserts' own checks), the index entries read for the 3,000 events: about
+        # one per event when each batch's ids are probed, more with every batch when
+        # all of a source's are walked.
+        async def flushed() -> bool:
+            scans = await db.fetchval(
+                "SELECT sum(idx_scan) FROM pg_stat_user_indexes WHERE relname = 'events'"
+            )
+            return bool(scans >= 3000)
+
+        await eventually(flushed, timeout=10, what="the closed connections' statistics")
+        read = await db.fetchval(
+            "SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE relname = 'events'"
+        ) + await db.fetchval(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'events'"
+        )
+        assert read < 9_000, read  # walking every batch's whole source: 43,500
+    finally:
+        await db.close()
