@@ -850,6 +850,7 @@ async def latency(seconds: float, rate: int, target_ms: float, work: Path) -> Re
     values = [o for o, _ in overheads]
     p50, p99 = percentile(values, 50), percentile(values, 99)
     tail = [k for _, k in overheads[int(len(overheads) * 0.99) :]]
+    start = min(served.values())
 
     def ms(xs: list[float]) -> float:
         return round(statistics.median(xs) * 1000, 1)
@@ -875,6 +876,15 @@ async def latency(seconds: float, rate: int, target_ms: float, work: Path) -> Re
             "tail_stored_to_received_ms": ms([receipts[k] - stored[k] for k in tail]),
             "all_served_to_stored_ms": ms([stored[k] - t for k, t in served.items()]),
             "all_stored_to_received_ms": ms([receipts[k] - stored[k] for k in served]),
+            # Whether the tail is the stream's start (the first polls after quiet ones,
+            # which happen together) or spread through it: the slowest 1% served in the
+            # stream's first 1.5 s, and the p99 of the events served after it.
+            "tail_share_in_first_1_5s": round(
+                sum(served[k] - start < 1.5 for k in tail) / max(len(tail), 1), 2
+            ),
+            "p99_after_first_1_5s_ms": round(
+                percentile([o for o, k in overheads if served[k] - start >= 1.5], 99) * 1000, 1
+            ),
         },
     )
 
