@@ -175,8 +175,8 @@ class Poller:
         work arrive one at a time. A quiet source polls on one of QUIET_TICKS ticks per
         interval (its slot rounded down to one), with the other quiet sources there: the
         process wakes a few times per interval, not once per source, and on a virtual
-        machine a wake-up costs more CPU than an empty poll (50 quiet sources: 0.23-0.27
-        ms of CPU per poll, 1.3 ms each in its own slot; BENCHMARKS.md).
+        machine a wake-up costs more CPU than an empty poll (50 quiet sources: 0.23-0.29
+        ms of CPU per poll, 0.95-1.33 ms each in its own slot; BENCHMARKS.md).
 
         The next poll is the slot's first instant at least half an interval after this
         one began: one interval apart while a source stays quiet or busy, between a half

@@ -1313,8 +1313,14 @@ class SqliteStore:
         clauses: list[str] = ["id > ?"]
         params: list[Any] = [after]
         if envelope_ids:
-            clauses.append("envelope_id IN (SELECT value FROM json_each(?))")
-            params.append(_json(list(envelope_ids)))
+            # An envelope id is "<source>:<upstream id>": found through the unique
+            # (source, upstream_id) index, not by reading every event's envelope_id.
+            clauses.append(
+                "id IN (SELECT e.id FROM json_each(?) AS n JOIN events AS e"
+                " ON e.source = json_extract(n.value, '$[0]')"
+                " AND e.upstream_id = json_extract(n.value, '$[1]'))"
+            )
+            params.append(_json([i.split(":", 1) for i in envelope_ids if ":" in i]))
         if source is not None:
             clauses.append("source = ?")
             params.append(source)

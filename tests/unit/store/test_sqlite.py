@@ -84,6 +84,26 @@ async def test_trigger_counts_match_the_rows(tmp_path: Path) -> None:
         assert (await store.counts())["a"].dead_letter == 2
 
 
+async def test_events_named_by_envelope_id_are_found_by_index(store: SqliteStore) -> None:
+    """`feedhook replay --id` on a big database reads the events it names, not every
+    event: counted in SQLite's own virtual-machine steps, not in time."""
+    for first in range(1, 3001, 500):
+        items = [ingest_item(n, ()) for n in range(first, first + 500)]
+        await store.ingest("seq", items, str(first + 499))
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    await store.db.raw.set_progress_handler(step, 100)
+    found = await store.stored_events(0, 10, envelope_ids=["seq:1500", "seq:2999", "nope"])
+    await store.db.raw.set_progress_handler(None, 100)
+    assert [e.envelope_id for e in found] == ["seq:1500", "seq:2999"]
+    assert steps * 100 < 3000, f"{steps * 100} steps for 3,000 stored events: a scan"
+
+
 async def test_migration_backfills_counts(tmp_path: Path) -> None:
     """A database from schema version 1 gains the counts of the rows it already has."""
     from feedhook.store import sqlite as module
