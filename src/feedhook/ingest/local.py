@@ -85,7 +85,7 @@ class InProcessIngest:
         source = build_source(name, config)
         await source.open()
         # Busy sources spread evenly: the i-th of n polls i/n of the way into its interval
-        # (quiet ones poll together, on the interval's tick: Poller._until_next_poll).
+        # (quiet ones poll together, on a few ticks of it: Poller._until_next_poll).
         names = sorted(self.config.sources)
         phase = source.poll_interval * names.index(name) / len(names)
         poller = Poller(source, self.store, lambda: self.router, self.observer, phase)
