@@ -27,8 +27,8 @@ class Envelope:
 
     @property
     def upstream_id(self) -> str:
-        """The upstream's id for the event (source names never hold a colon)."""
-        return self.id.partition(":")[2]
+        """The upstream's id for the event."""
+        return split_id(self.id)[1]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -45,6 +45,13 @@ class Envelope:
         out["feedhooksource"] = self.feedhooksource
         out["data"] = self.data
         return out
+
+
+def split_id(envelope_id: str) -> tuple[str, str]:
+    """An envelope id's source name and upstream id: it is "<source>:<upstream id>", and
+    source names never hold a colon (an id without one names no event)."""
+    source, _, upstream_id = envelope_id.partition(":")
+    return source, upstream_id
 
 
 def make_envelope(

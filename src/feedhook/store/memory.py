@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from feedhook import clock
-from feedhook.envelope import sequenced
+from feedhook.envelope import sequenced, split_id
 from feedhook.store.base import (
     DEFAULT_LEASE,
     Attempt,
@@ -506,7 +506,7 @@ class MemoryStore:
         return out
 
     async def trace(self, envelope_id: str) -> Trace | None:
-        source, _, upstream_id = envelope_id.partition(":")
+        source, upstream_id = split_id(envelope_id)
         event_id = self.database.event_keys.get((source, upstream_id))
         if event_id is None:
             return None

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from feedhook import clock
-from feedhook.envelope import encode, sequenced
+from feedhook.envelope import encode, sequenced, split_id
 from feedhook.store.base import (
     DEFAULT_LEASE,
     Attempt,
@@ -1254,7 +1254,7 @@ class PostgresStore:
         return [StoredEvent(*r) for r in rows]
 
     async def trace(self, envelope_id: str) -> Trace | None:
-        source, _, upstream_id = envelope_id.partition(":")
+        source, upstream_id = split_id(envelope_id)
 
         async def read(conn: Any) -> Trace | None:
             e = await conn.fetchrow(

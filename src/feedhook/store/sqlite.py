@@ -33,7 +33,7 @@ import aiosqlite
 import orjson
 
 from feedhook import clock
-from feedhook.envelope import encode, sequenced
+from feedhook.envelope import encode, sequenced, split_id
 from feedhook.store.base import (
     DEFAULT_LEASE,
     Attempt,
@@ -1325,7 +1325,7 @@ class SqliteStore:
                 " ON e.source = json_extract(n.value, '$[0]')"
                 " AND e.upstream_id = json_extract(n.value, '$[1]'))"
             )
-            params.append(_json([i.split(":", 1) for i in envelope_ids if ":" in i]))
+            params.append(_json([split_id(i) for i in envelope_ids]))
         if source is not None:
             clauses.append("source = ?")
             params.append(source)
@@ -1344,7 +1344,7 @@ class SqliteStore:
 
     async def trace(self, envelope_id: str) -> Trace | None:
         """See Store.trace. Reads: no lock is taken."""
-        source, _, upstream_id = envelope_id.partition(":")
+        source, upstream_id = split_id(envelope_id)
         rows = await self.db.execute_fetchall(
             "SELECT id, envelope_id, source, type, body, ingested_at FROM events"
             " WHERE source = ? AND upstream_id = ?",
