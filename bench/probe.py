@@ -7,12 +7,18 @@
     python bench/probe.py ingest --events 100000
     python bench/probe.py raw --events 30000
     python bench/probe.py store --ordering subject --subjects 1002 [--store postgres]
+    python bench/probe.py store --busy-loop
+    python bench/probe.py catchup --events 60000
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
-own calls (ingest, claim, outcomes) with nothing else running. Each prints the rate and
-the CPU per item of every process, and of each thread of `feedhook run` (and, with
-`--store postgres`, of the PostgreSQL server's processes together).
+own calls (ingest, claim, outcomes) with nothing else running, or, with `--busy-loop`,
+beside an event loop kept as busy as the worker's; `catchup` reads a backlog and
+delivers it at once, as the throughput scenario does, and prints every second what each
+thread of every process (feedhook's two, the feed, the receiver) spent per delivery.
+Each prints the rate and the CPU per item of every process, and of each thread of
+`feedhook run` (and, with `--store postgres`, of the PostgreSQL server's processes
+together).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import os
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,10 +60,21 @@ def thread_cpu(pid: int) -> dict[str, float]:
     out = {}
     for process in [pid, *children(pid)]:
         role = "main" if process == pid else "ingest"
-        for tid in os.listdir(f"/proc/{process}/task"):
-            stat = Path(f"/proc/{process}/task/{tid}/stat").read_text()
+        out |= {f"{role}:{tid}": seconds for tid, seconds in threads(process).items()}
+    return out
+
+
+def threads(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of one process, from /proc: by thread id, and the
+    name a thread gave itself if any (pyreqwest's is "pyreqwest")."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
-            out[f"{role}:{tid}"] = (int(fields[11]) + int(fields[12])) / TICK
+            key = tid if name.startswith("python") else f"{tid}/{name}"
+            out[key] = (int(fields[11]) + int(fields[12])) / TICK
     return out
 
 
@@ -137,10 +155,19 @@ def outbox_items(
     return items
 
 
+async def busy_loop(stop: asyncio.Event) -> None:
+    """Keep the event loop about as busy as the worker's while it delivers: short turns
+    of Python work, one after another."""
+    while not stop.is_set():
+        sum(range(300))
+        await asyncio.sleep(0)
+
+
 async def store_calls(args: argparse.Namespace) -> None:
     """The store's own cost per delivery, no HTTP and no worker: ingest 100 events at a
     time, then claim as the dispatcher does (a lane of 64 plus its reserve held) and
-    write outcomes 64 at a time, each call timed from the caller's side."""
+    write outcomes 64 at a time, each call timed from the caller's side; and the CPU
+    per delivery of the database thread (SQLite) while claiming and writing."""
     work = Path(tempfile.mkdtemp())
     names, reserve = ["s00"], 5 * args.in_flight
     held: list[Delivery] = []
@@ -152,6 +179,10 @@ async def store_calls(args: argparse.Namespace) -> None:
         ingest = time.perf_counter() - started
         claim = complete = 0.0
         done = 0
+        stop = asyncio.Event()
+        busy = asyncio.create_task(busy_loop(stop)) if args.busy_loop else None
+        loop_thread = str(threading.get_native_id())
+        before = threads(os.getpid())
         while done < args.events:
             started = time.perf_counter()
             held += await store.claim({"s00": reserve - len(held)}, 2e9, ordered)
@@ -161,10 +192,22 @@ async def store_calls(args: argparse.Namespace) -> None:
             await store.complete([Outcome(d.id, "delivered", 1, at=1.0) for d in batch])
             complete += time.perf_counter() - started
             done += len(batch)
+        after = threads(os.getpid())
+        stop.set()
+        if busy is not None:
+            await busy
     per = {"ingest": ingest, "claim": claim, "complete": complete}
+    # The busiest thread besides the event loop's is the database's (SQLite's only).
+    database_thread = max(
+        (after[t] - before.get(t, 0.0) for t in after if t.split("/")[0] != loop_thread),
+        default=0.0,
+    )
     print(
         "store, us per delivery: "
         + ", ".join(f"{what} {seconds / args.events * 1e6:.1f}" for what, seconds in per.items())
+        + f"; the database thread's CPU while claiming and writing"
+        f" {database_thread / args.events * 1e6:.1f}"
+        + (" (beside a busy event loop)" if args.busy_loop else "")
     )
 
 
@@ -244,21 +287,66 @@ async def ingest(args: argparse.Namespace) -> None:
             await bridge.stop()
 
 
+async def catchup(args: argparse.Namespace) -> None:
+    """The throughput scenario, watched: `feedhook run` reads a backlog of `--events`
+    and delivers it to one subscription at once. Every second: deliveries that second,
+    and the CPU per delivery of each thread of every process, feedhook's (main:,
+    ingest:) and the harness's (feed:, receiver:)."""
+    work = Path(tempfile.mkdtemp())
+    async with (
+        server("feed", "--events", str(args.events)) as feed,
+        server("receiver") as rx,
+    ):
+        bridge = Bridge(
+            work,
+            {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+            {"all": subscription(rx, "all", max_in_flight=args.in_flight)},
+        )
+        await bridge.start()
+        assert bridge.proc is not None
+        pid = bridge.proc.pid
+        try:
+            await until(lambda: received(rx, 1), 60, 0.002)
+
+            def cpu() -> dict[str, float]:
+                out = thread_cpu(pid)
+                for role, proc in (("feed", feed.proc), ("receiver", rx.proc)):
+                    out |= {f"{role}:{t}": v for t, v in threads(proc.pid).items()}
+                return out
+
+            before, count = cpu(), (await rx.stats())["count"]
+            while count < args.events:
+                await asyncio.sleep(1.0)
+                now, got = cpu(), (await rx.stats())["count"]
+                if got > count:
+                    per = {t: (now[t] - before.get(t, 0.0)) / (got - count) * 1e6 for t in now}
+                    busy = {t: round(us) for t, us in per.items() if us >= 0.5}
+                    print(f"{got - count:,} deliveries: {sum(per.values()):.0f} us each, {busy}")
+                before, count = now, got
+        finally:
+            await bridge.stop()
+
+
 async def raw(args: argparse.Namespace) -> None:
     bodies = sample_bodies(args.events)
     async with server("receiver") as rx:
         before = resource.getrusage(resource.RUSAGE_SELF)
+        receiver = sum(threads(rx.proc.pid).values())
         started = time.perf_counter()
         await raw_post(f"{rx.url}/raw", bodies, args.in_flight)
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
+        receiver = sum(threads(rx.proc.pid).values()) - receiver
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        print(f"raw: {args.events / seconds:,.0f}/s; {cpu / args.events * 1e6:.0f} us per request")
+        print(
+            f"raw: {args.events / seconds:,.0f}/s; {cpu / args.events * 1e6:.0f} us per request"
+            f" (the receiver: {receiver / args.events * 1e6:.0f} us)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store"])
+    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store", "catchup"])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
@@ -267,8 +355,15 @@ def main() -> None:
     parser.add_argument(
         "--subjects", type=int, default=0, help="events about so many (0: one each)"
     )
+    parser.add_argument("--busy-loop", action="store_true", help="store: beside a busy event loop")
     args = parser.parse_args()
-    paths = {"deliver": deliver, "ingest": ingest, "raw": raw, "store": store_calls}
+    paths = {
+        "deliver": deliver,
+        "ingest": ingest,
+        "raw": raw,
+        "store": store_calls,
+        "catchup": catchup,
+    }
     asyncio.run(paths[args.path](args))
 
 
