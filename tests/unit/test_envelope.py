@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 from feedhook.sources.bebanjo import normalize, parse_json_feed, parse_xml_feed
 
@@ -91,3 +92,22 @@ def test_body_is_the_canonical_json_of_the_envelope() -> None:
     envelope = normalize("s", "sequence", SEQ, raw)
     assert json.loads(envelope.body) == envelope.to_dict()
     assert b" " not in envelope.body.replace(b"Z", b"")[:60]
+
+
+def test_a_body_takes_no_more_memory_than_its_bytes() -> None:
+    """Envelopes wait in the ingest process by the hundred (pages read ahead, batches):
+    each body must hold its own length, not the 4 KB buffer its JSON was written into."""
+    raw = parse_json_feed((FIXTURES / "sequence-events.json").read_bytes(), "seed")[0]
+    tracemalloc.start()
+    try:
+        envelope = normalize("s", "sequence", SEQ, raw)
+        held = tracemalloc.get_object_traceback(envelope.body)
+        size = sum(
+            stat.size
+            for stat in tracemalloc.take_snapshot().statistics("traceback")
+            if held is not None and stat.traceback == held
+        )
+    finally:
+        tracemalloc.stop()
+    assert held is not None
+    assert size < len(envelope.body) + 512, (size, len(envelope.body))
