@@ -624,9 +624,8 @@ class SqliteStore:
                 await db.execute("PRAGMA synchronous = NORMAL")
                 await db.execute("PRAGMA foreign_keys = ON")
                 # A 1 MB page cache, not SQLite's 2 MB: the hot statements read the newest
-                # pages of a few indexes, and the operating system caches the file anyway.
-                # Both processes together: 149.0-150.0 MB on the 1M backlog, against
-                # 150.1-151.9 (BENCHMARKS.md).
+                # pages of a few indexes, and the operating system caches the file anyway:
+                # about 1 MB less for both processes on the 1M backlog (BENCHMARKS.md).
                 await db.execute("PRAGMA cache_size = -1000")
                 if self.verify:
                     await self._quick_check()
@@ -1322,8 +1321,7 @@ class SqliteStore:
             # (source, upstream_id) index, not by reading every event's envelope_id.
             clauses.append(
                 "id IN (SELECT e.id FROM json_each(?) AS n JOIN events AS e"
-                " ON e.source = json_extract(n.value, '$[0]')"
-                " AND e.upstream_id = json_extract(n.value, '$[1]'))"
+                " ON e.source = n.value ->> 0 AND e.upstream_id = n.value ->> 1)"
             )
             params.append(_json([split_id(i) for i in envelope_ids]))
         if source is not None:
