@@ -9,6 +9,7 @@
     python bench/probe.py store --ordering subject --subjects 1002 [--store postgres]
     python bench/probe.py store --busy-loop
     python bench/probe.py catchup --events 60000
+    python bench/probe.py pin --events 50000 --rounds 5
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import statistics
 import tempfile
 import threading
 import time
@@ -344,9 +346,53 @@ async def raw(args: argparse.Namespace) -> None:
         )
 
 
+async def pin(args: argparse.Namespace) -> None:
+    """The throughput scenario (`--events` backlog, one subscription, `--in-flight`)
+    with FEEDHOOK_PIN_WORKER false and true, alternated with the raw client in one run:
+    raw, false, true, raw, ... for `--rounds` rounds after a warm-up round."""
+    bodies = sample_bodies(args.events)
+    variants = ("false", "true")
+    rates: dict[str, list[float]] = {name: [] for name in ("raw", *variants)}
+    async with server("feed", "--events", str(args.events)) as feed, server("receiver") as rx:
+
+        async def once(variant: str | None, n: int) -> float:
+            await rx.post("/_reset")
+            if variant is None:
+                await raw_post(f"{rx.url}/raw", bodies, args.in_flight)
+            else:
+                os.environ["FEEDHOOK_PIN_WORKER"] = variant  # the Bridge passes it on
+                bridge = Bridge(
+                    Path(tempfile.mkdtemp()) / f"{variant}-{n}",
+                    {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+                    {"all": subscription(rx, "all", max_in_flight=args.in_flight)},
+                )
+                await bridge.start()
+                try:
+                    await until(lambda: received(rx, args.events), 1800, 0.1)
+                finally:
+                    await bridge.stop()
+            got = await rx.stats()
+            return args.events / (got["last"] - got["first"])
+
+        for n in range(args.rounds + 1):
+            measured = {"raw": await once(None, n)}
+            measured |= {variant: await once(variant, n) for variant in variants}
+            if n:  # the first round warms the receiver up
+                for name, rate in measured.items():
+                    rates[name].append(rate)
+                print(f"round {n}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured.items()))
+    for variant in variants:
+        ratios = [a / b for a, b in zip(rates[variant], rates["raw"], strict=True)]
+        print(
+            f"FEEDHOOK_PIN_WORKER={variant}: median {statistics.median(rates[variant]):,.0f}"
+            f" deliveries/s, {statistics.median(ratios):.2f}x raw (rounds"
+            f" {min(ratios):.2f}-{max(ratios):.2f})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store", "catchup"])
+    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store", "catchup", "pin"])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
@@ -356,6 +402,7 @@ def main() -> None:
         "--subjects", type=int, default=0, help="events about so many (0: one each)"
     )
     parser.add_argument("--busy-loop", action="store_true", help="store: beside a busy event loop")
+    parser.add_argument("--rounds", type=int, default=5, help="pin: alternated rounds")
     args = parser.parse_args()
     paths = {
         "deliver": deliver,
@@ -363,6 +410,7 @@ def main() -> None:
         "raw": raw,
         "store": store_calls,
         "catchup": catchup,
+        "pin": pin,
     }
     asyncio.run(paths[args.path](args))
 

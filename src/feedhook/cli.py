@@ -221,16 +221,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from feedhook.admin import AdminError, AdminServer, Runtime
     from feedhook.app import Worker, signal_handlers
     from feedhook.ingest.child import ChildSettings
+    from feedhook.placement import Placement
 
     path = _config_path(args, settings)
     config = load_config(path)
     logs.redact.update(config.secret_values() | {settings.admin_token or ""})
     tune_runtime()
+    # Before any thread starts: each new one starts on its creator's CPU.
+    held = Placement.start() if settings.pin_worker else None
 
     async def run() -> int:
         runtime = Runtime()
         admin = AdminServer(runtime, settings)
         await admin.start()  # health answers while the store opens; readiness waits
+        placing = asyncio.create_task(held.run(), name="placement") if held else None
         try:
             async with open_store(settings.db, holder=True, lease=settings.lease) as store:
                 worker = Worker(
@@ -238,13 +242,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                     store,
                     grace=args.grace,
                     config_path=path,
-                    ingest_process=ChildSettings.of(settings) if settings.ingest_process else None,
+                    ingest_process=ChildSettings.of(settings, held.allowed if held else None)
+                    if settings.ingest_process
+                    else None,
                     origin=settings.origin,
                 )
                 runtime.worker = worker
                 with signal_handlers(worker):
                     await worker.run()
         finally:
+            if placing is not None:
+                placing.cancel()
             await admin.stop()
         return EXIT_OK
 

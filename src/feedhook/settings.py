@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # The pollers in a process of their own (`feedhook run`): ingest and delivery each get
     # a core. false: everything in one process (a one-core container).
     ingest_process: bool = True
+    # The worker's threads (event loop, database, HTTP client) held on one CPU, which
+    # they take turns on anyway (placement.py). false: the system places them.
+    pin_worker: bool = True
     # How long a claim (and a source) stays a worker's without renewal: with several
     # replicas, how soon the others take over the work of one that died.
     lease: Duration = Field(default=30.0, ge=1.0, le=600.0)
@@ -55,6 +58,7 @@ _EXPECTED = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "auto, json or text",
     "ingest_process": "true or false",
+    "pin_worker": "true or false",
     "lease": "a duration from 1s to 10m, e.g. 30s",
 }
 

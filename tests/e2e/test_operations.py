@@ -303,6 +303,57 @@ async def test_one_process_when_asked(cli: Cli, sequence_feed: SimFeed, receiver
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
+def _cpus(pid: int) -> dict[str, str]:
+    """Each thread's name and the CPUs it may run on (Cpus_allowed_list)."""
+    cpus = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        allowed = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list"))
+        cpus[f"{(task / 'comm').read_text().strip()}:{task.name}"] = allowed.split()[1]
+    return cpus
+
+
+def _listed(cpus: set[int]) -> str:
+    """CPUs as /proc lists them, for a contiguous set: 0-1, or 3."""
+    low, high = min(cpus), max(cpus)
+    assert cpus == set(range(low, high + 1))
+    return str(low) if low == high else f"{low}-{high}"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and two CPUs to use",
+)
+@pytest.mark.parametrize("pin", ["default", "false"])
+async def test_the_workers_threads_share_one_cpu(
+    cli: Cli, sequence_feed: SimFeed, receiver: Receiver, pin: str
+) -> None:
+    """The worker's threads (event loop, database, HTTP client) take turns on the GIL:
+    `feedhook run` holds them all on one CPU. The ingest process is not held: it may
+    use every CPU the worker could. FEEDHOOK_PIN_WORKER=false leaves both alone."""
+    everything = _listed(set(os.sched_getaffinity(0)))
+    if pin != "default":
+        cli.env["FEEDHOOK_PIN_WORKER"] = pin
+    cli.write_config(one_feed(sequence_feed, receiver, hook={}))
+    proc = await cli.start("run")
+    sequence_feed.add_events(3)
+    await eventually(lambda: len(receiver.ok()) == 3, what="the deliveries")
+    worker = _cpus(proc.pid)
+    (child,) = _children(proc.pid)
+    ingest = _cpus(child)
+    err = await cli.stop(proc)
+    assert proc.returncode == 0
+    assert any("pyreqwest" in name for name in worker)  # the HTTP client's thread is there
+    assert set(ingest.values()) == {everything}
+    if pin == "false":
+        assert set(worker.values()) == {everything}
+        assert "the worker's threads run on CPU" not in err
+    else:
+        (held,) = set(worker.values())
+        assert held.isdigit() and int(held) in os.sched_getaffinity(0)
+        assert f"the worker's threads run on CPU {held} " in err
+
+
 @pytest.mark.parametrize("ingest_process", ["true", "false"])
 async def test_a_filter_that_fails_on_some_events_stops_nothing(
     cli: Cli, sequence_feed: SimFeed, teamhub: SimTeamHub, receiver: Receiver, ingest_process: str

@@ -312,6 +312,7 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FEEDHOOK_ADMIN_PORT", "eighty", "FEEDHOOK_ADMIN_PORT=eighty: expected a TCP port"),
         ("FEEDHOOK_LOG_LEVEL", "loud", "FEEDHOOK_LOG_LEVEL=loud: expected DEBUG, INFO"),
         ("FEEDHOOK_INGEST_PROCESS", "maybe", "FEEDHOOK_INGEST_PROCESS=maybe: expected true"),
+        ("FEEDHOOK_PIN_WORKER", "maybe", "FEEDHOOK_PIN_WORKER=maybe: expected true"),
     ],
 )
 def test_a_bad_environment_variable_gets_one_actionable_line(

@@ -27,13 +27,13 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from feedhook import clock, logs
+from feedhook import clock, logs, placement
 from feedhook.config import Config
 from feedhook.health import SourceHealth
 from feedhook.ingest import PollObserver, PollReport
@@ -62,15 +62,19 @@ class ChildSettings:
     log_format: str
     lease: float
     admin_token: str | None  # masked in the child's logs like the config's secrets
+    # The CPUs the worker could use before it held its threads on one: the child, which
+    # starts on the worker's CPU, takes them all back (placement.py). None: left as is.
+    cpus: tuple[int, ...] | None = None
 
     @classmethod
-    def of(cls, settings: Settings) -> ChildSettings:
+    def of(cls, settings: Settings, cpus: Iterable[int] | None = None) -> ChildSettings:
         return cls(
             settings.db,
             settings.log_level,
             settings.log_format,
             settings.lease,
             settings.admin_token,
+            tuple(sorted(cpus)) if cpus is not None else None,
         )
 
 
@@ -272,7 +276,12 @@ def _read_settings() -> ChildSettings | None:
     os.read, exactly its bytes (a buffered read would take the config's too)."""
     head = _read_exactly(4)
     body = _read_exactly(int.from_bytes(head, "big")) if len(head) == 4 else b""
-    return ChildSettings(**orjson.loads(body)) if body else None
+    if not body:
+        return None
+    fields = orjson.loads(body)
+    if fields.get("cpus") is not None:
+        fields["cpus"] = tuple(fields["cpus"])  # a JSON list
+    return ChildSettings(**fields)
 
 
 def _read_exactly(size: int) -> bytes:
@@ -325,6 +334,8 @@ def main() -> int:
     if settings is None:
         return 0  # the main process went away before it said anything
     logs.setup(settings.log_level, settings.log_format)
+    if settings.cpus:
+        placement.release(settings.cpus)  # before the database thread starts
     # Ctrl-C reaches the whole process group; the main process decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Reports get stdout to themselves: nothing else may print into the pipe.
