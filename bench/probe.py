@@ -10,6 +10,7 @@
     python bench/probe.py store --busy-loop
     python bench/probe.py catchup --events 60000
     python bench/probe.py pin --events 50000 --rounds 5
+    python bench/probe.py slow --events 2000 --in-flight 16 --delay 0.05
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from run import (
     FAST_SOURCE,
+    SECRET,
     Bridge,
     Outbox,
     at_least,
@@ -390,9 +392,46 @@ async def pin(args: argparse.Namespace) -> None:
         )
 
 
+async def slow(args: argparse.Namespace) -> None:
+    """A receiver slower than feedhook: deliveries/s from first to last receipt, against
+    the most `--in-flight` answers of `--delay` seconds each allow."""
+    from feedhook.sim.receiver import Receiver
+
+    rx = Receiver()
+    await rx.start()
+    rx.answer("slow", delay=args.delay)
+    try:
+        async with server("feed", "--events", str(args.events)) as feed:
+            bridge = Bridge(
+                Path(tempfile.mkdtemp()),
+                {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
+                {
+                    "slow": {
+                        "url": rx.url("slow"),
+                        "secret": SECRET,
+                        "types": ["*"],
+                        "max_in_flight": args.in_flight,
+                    }
+                },
+            )
+            await bridge.start()
+            try:
+                await until(lambda: len(rx.received) >= args.events, 600, 0.05)
+            finally:
+                await bridge.stop()
+    finally:
+        await rx.stop()
+    times = sorted(r.at for r in rx.received)
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    bound = args.in_flight / args.delay
+    print(f"slow: {rate:,.0f} deliveries/s, {rate / bound:.1%} of the bound, {bound:,.0f}/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("path", choices=["deliver", "ingest", "raw", "store", "catchup", "pin"])
+    parser.add_argument(
+        "path", choices=["deliver", "ingest", "raw", "store", "catchup", "pin", "slow"]
+    )
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
@@ -403,6 +442,7 @@ def main() -> None:
     )
     parser.add_argument("--busy-loop", action="store_true", help="store: beside a busy event loop")
     parser.add_argument("--rounds", type=int, default=5, help="pin: alternated rounds")
+    parser.add_argument("--delay", type=float, default=0.05, help="slow: seconds per answer")
     args = parser.parse_args()
     paths = {
         "deliver": deliver,
@@ -411,6 +451,7 @@ def main() -> None:
         "store": store_calls,
         "catchup": catchup,
         "pin": pin,
+        "slow": slow,
     }
     asyncio.run(paths[args.path](args))
 

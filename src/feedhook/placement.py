@@ -5,8 +5,8 @@ client's thread take turns holding the interpreter's lock (the GIL): at most one
 runs Python at any moment, and every delivery passes the lock between them several
 times. On different CPUs, each pass wakes a thread on another CPU, an interrupt between
 processors, dear on a virtual machine; on one CPU it is an ordinary switch. Measured on
-the 2-core bench machine: the same deliveries for a fifth less CPU, and delivery
-throughput 0.80x the raw client instead of 0.74x (BENCHMARKS.md).
+the 2-core bench machine: the same deliveries for 13-21% less CPU, and delivery
+throughput 0.76x the raw client instead of 0.70x (BENCHMARKS.md).
 
 Which CPU: at start, the one the process is running on (the system's own choice); then,
 every LOOK_EVERY seconds, the worker moves to another CPU it may use if everything else
