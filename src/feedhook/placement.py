@@ -121,14 +121,19 @@ class Placement:
         make (Linux, two or more CPUs to use); None where there is not."""
         if not hasattr(os, "sched_setaffinity") or not Path("/proc/stat").exists():
             return None
-        placement = cls(allowed_cpus())
-        if len(placement.allowed) < 2 or not placement.hold():
+        try:
+            placement = cls(allowed_cpus())
+            if len(placement.allowed) < 2 or not placement.hold():
+                return None
+        except OSError as exc:  # no /proc/thread-self (an old kernel, a sandbox)
+            log.debug("the worker's threads are left to the system: %s", exc)
             return None
         log.info(
-            "the worker's threads run on CPU %d (of %s): they take turns anyway, and on one"
-            " CPU each turn costs less (FEEDHOOK_PIN_WORKER=false: the system places them)",
+            "the worker's threads run on CPU %d (one of the %d it may use): they take turns"
+            " anyway, and on one CPU each turn costs less (FEEDHOOK_PIN_WORKER=false: the"
+            " system places them)",
             placement.cpu,
-            ",".join(str(c) for c in sorted(placement.allowed)),
+            len(placement.allowed),
         )
         return placement
 

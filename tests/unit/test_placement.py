@@ -67,3 +67,38 @@ def test_this_machines_own_figures_read() -> None:
     times = read_cpu_times()
     assert set(os.sched_getaffinity(0)) <= set(times.busy)
     assert placement.running_on() in times.busy
+
+
+async def test_the_worker_moves_when_other_work_crowds_its_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every look, the load of everything else per CPU decides: here another program
+    takes 0.9 of CPU 0 (where the worker is) while CPU 1 idles, so it moves, once."""
+    readings = [
+        CpuTimes({0: 0.0, 1: 0.0}, at=0.0),
+        CpuTimes({0: 9.5, 1: 0.5}, at=10.0),  # the worker's own 0.5 s on CPU 0 aside
+        CpuTimes({0: 10.0, 1: 6.0}, at=20.0),  # now on CPU 1, with 5 s of its own
+    ]
+
+    def read() -> CpuTimes:
+        if not readings:
+            raise OSError("no more readings")  # the look ends as /proc unreadable ends it
+        return readings.pop(0)
+
+    own = iter([0.0, 0.5, 5.5])
+    monkeypatch.setattr(placement, "read_cpu_times", read)
+    monkeypatch.setattr(placement, "own_seconds", lambda: next(own))
+    monkeypatch.setattr(placement, "LOOK_EVERY", 0.0)
+    moves: list[int] = []
+
+    class Recorded(placement.Placement):
+        def hold(self, cpu: int | None = None) -> bool:
+            assert cpu is not None
+            moves.append(cpu)
+            self.cpu = cpu
+            return True
+
+    held = Recorded(frozenset({0, 1}))
+    held.cpu = 0
+    await held.run()
+    assert moves == [1]  # and stays: CPU 0 is no freer than CPU 1 by the margin
