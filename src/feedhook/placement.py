@@ -1,4 +1,5 @@
-"""Where `feedhook run`'s threads run: all on one CPU, the one least used by anything else.
+"""Where `feedhook run`'s main process runs its threads: all on one CPU, moved to a freer
+one when other work crowds it.
 
 The worker is one Python process. Its event loop, its database thread and its HTTP
 client's thread take turns holding the interpreter's lock (the GIL): at most one of them
@@ -8,11 +9,11 @@ processors, dear on a virtual machine; on one CPU it is an ordinary switch. Meas
 the 2-core bench machine: the same deliveries for 13-21% less CPU, and delivery
 throughput 0.76x the raw client instead of 0.70x (BENCHMARKS.md).
 
-Which CPU: at start, the one the process is running on (the system's own choice); then,
-every LOOK_EVERY seconds, the worker moves to another CPU it may use if everything else
-(the ingest process, other programs) has used that one less than its own by at least
-MOVE_MARGIN of a CPU. The ingest process is not held: it takes back every CPU the
-worker was allowed, and the system places it.
+Which CPU: at start, the one the process is running on (the system's own choice). Every
+LOOK_EVERY seconds it reads how much of each CPU everything else (the ingest process,
+other programs) used, and moves to another CPU it may use if that one was left freer
+than its own by at least MOVE_MARGIN of a CPU. The ingest process is not held: it takes
+back every CPU the worker was allowed, and the system places it.
 
 Linux only; elsewhere, or with a single CPU to use, nothing is done.
 `FEEDHOOK_PIN_WORKER=false` leaves every thread to the system.
