@@ -34,7 +34,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from run import (
@@ -351,11 +351,16 @@ async def raw(args: argparse.Namespace) -> None:
 async def pin(args: argparse.Namespace) -> None:
     """The throughput scenario (`--events` backlog, one subscription, `--in-flight`)
     with FEEDHOOK_PIN_WORKER false and true, alternated with the raw client in one run:
-    raw, false, true, raw, ... for `--rounds` rounds after a warm-up round."""
+    raw, false, true, raw, ... for `--rounds` rounds after a warm-up round; with
+    `--store postgres`, each run on a fresh database of one PostgreSQL server."""
     bodies = sample_bodies(args.events)
     variants = ("false", "true")
     rates: dict[str, list[float]] = {name: [] for name in ("raw", *variants)}
-    async with server("feed", "--events", str(args.events)) as feed, server("receiver") as rx:
+    async with (
+        databases(args) as fresh,
+        server("feed", "--events", str(args.events)) as feed,
+        server("receiver") as rx,
+    ):
 
         async def once(variant: str | None, n: int) -> float:
             await rx.post("/_reset")
@@ -367,6 +372,7 @@ async def pin(args: argparse.Namespace) -> None:
                     Path(tempfile.mkdtemp()) / f"{variant}-{n}",
                     {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
                     {"all": subscription(rx, "all", max_in_flight=args.in_flight)},
+                    fresh(),
                 )
                 await bridge.start()
                 try:
@@ -390,6 +396,26 @@ async def pin(args: argparse.Namespace) -> None:
             f" deliveries/s, {statistics.median(ratios):.2f}x raw (rounds"
             f" {min(ratios):.2f}-{max(ratios):.2f})"
         )
+
+
+@contextlib.asynccontextmanager
+async def databases(args: argparse.Namespace) -> AsyncIterator[Callable[[], str | None]]:
+    """A maker of fresh databases for `--store`: None (the Bridge's own SQLite file) or
+    a new database on one throwaway PostgreSQL server with its durable defaults."""
+    if args.store == "sqlite":
+        yield lambda: None
+        return
+    from feedhook.sim.postgres import PostgresServer, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise SystemExit("--store postgres needs PostgreSQL: apt-get install postgresql")
+    pg = PostgresServer(bin_dir, fast=False)
+    pg.start()
+    try:
+        yield pg.new_database
+    finally:
+        pg.stop()
 
 
 async def slow(args: argparse.Namespace) -> None:
