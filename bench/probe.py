@@ -34,8 +34,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from run import (
     FAST_SOURCE,
@@ -54,6 +55,9 @@ from run import (
 
 from feedhook.sources.bebanjo import RawEvent, normalize
 from feedhook.store import Delivery, IngestItem, Outcome, open_store
+
+if TYPE_CHECKING:
+    from feedhook.sim.postgres import PostgresServer
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -124,6 +128,14 @@ async def store_under_test(
     if args.store == "sqlite":
         yield str(work / "bench.db"), None
         return
+    with throwaway_postgres() as pg:
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        yield pg.new_database(), postmaster
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the probe's own, with its durable defaults."""
     from feedhook.sim.postgres import PostgresServer, postgres_bin
 
     bin_dir = postgres_bin()
@@ -132,8 +144,7 @@ async def store_under_test(
     pg = PostgresServer(bin_dir, fast=False)
     pg.start()
     try:
-        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-        yield pg.new_database(), postmaster
+        yield pg
     finally:
         pg.stop()
 
@@ -405,17 +416,8 @@ async def databases(args: argparse.Namespace) -> AsyncIterator[Callable[[], str 
     if args.store == "sqlite":
         yield lambda: None
         return
-    from feedhook.sim.postgres import PostgresServer, postgres_bin
-
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        raise SystemExit("--store postgres needs PostgreSQL: apt-get install postgresql")
-    pg = PostgresServer(bin_dir, fast=False)
-    pg.start()
-    try:
+    with throwaway_postgres() as pg:
         yield pg.new_database
-    finally:
-        pg.stop()
 
 
 async def slow(args: argparse.Namespace) -> None:
