@@ -74,11 +74,14 @@ def others_load(before: CpuTimes, after: CpuTimes, own: float, on: int) -> dict[
 
 def choose(loads: Mapping[int, float], allowed: frozenset[int], current: int) -> int:
     """The CPU to be on: the current one, unless an allowed CPU carried less of
-    everything else's load by at least MOVE_MARGIN."""
+    everything else's load by at least MOVE_MARGIN; the freest allowed one if the
+    current one is gone (taken offline, or out of a narrowed cpuset)."""
     candidates = [cpu for cpu in sorted(allowed) if cpu in loads]
-    if not candidates or current not in loads:
+    if not candidates:
         return current if current in allowed else min(allowed)
     best = min(candidates, key=lambda cpu: loads[cpu])
+    if current not in candidates:
+        return best
     return best if loads[best] + MOVE_MARGIN <= loads[current] else current
 
 

@@ -55,7 +55,11 @@ def test_the_worker_moves_only_for_a_clearly_freer_cpu(
 
 def test_a_cpu_it_may_not_use_is_never_chosen() -> None:
     assert choose({0: 0.9, 1: 0.0, 2: 0.5}, frozenset({0, 2}), 0) == 2
-    # held on a CPU no longer allowed (a narrowed cpuset): the first allowed one
+    # held on a CPU no longer allowed (a narrowed cpuset): the freest allowed one...
+    assert choose({0: 0.0, 2: 0.6, 3: 0.1}, frozenset({2, 3}), 0) == 3
+    # ...and one taken offline (gone from /proc/stat), however little the margin
+    assert choose({0: 0.2, 1: 0.1}, frozenset({0, 1, 2}), 2) == 1
+    # nothing read: the first allowed one
     assert choose({}, frozenset({2, 3}), 0) == 2
 
 
