@@ -129,7 +129,7 @@ class Placement:
             placement = cls(allowed_cpus())
             if len(placement.allowed) < 2 or not placement.hold():
                 return None
-        except OSError as exc:  # no /proc/thread-self (an old kernel, a sandbox)
+        except (OSError, ValueError) as exc:  # no /proc/thread-self (an old kernel, a sandbox)
             log.debug("the worker's threads are left to the system: %s", exc)
             return None
         log.info(
@@ -163,8 +163,13 @@ class Placement:
         """Every LOOK_EVERY seconds, move to a CPU that everything else leaves freer."""
         try:
             await self._follow_load()
-        except OSError as exc:  # /proc unreadable: the threads stay where they are
-            log.warning("stopped looking for a freer CPU for the worker's threads: %s", exc)
+        except (OSError, ValueError) as exc:  # /proc unreadable or unlike Linux's own
+            log.warning(
+                "stopped looking for a freer CPU for the worker's threads (they stay on CPU"
+                " %s): %s",
+                self.cpu,
+                exc,
+            )
 
     async def _follow_load(self) -> None:
         before, own = read_cpu_times(), own_seconds()
