@@ -26,7 +26,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def allowed_cpus() -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0))
 
 
-def release(cpus: frozenset[int] | list[int] | tuple[int, ...]) -> None:
+def release(cpus: Collection[int]) -> None:
     """Let this process (the ingest process, started by a held worker) use `cpus` again."""
     if cpus and hasattr(os, "sched_setaffinity"):
         try:
