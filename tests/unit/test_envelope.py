@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from datetime import datetime
 
+import pytest
+
+from feedhook.envelope import check_utc, rfc3339_utc
 from feedhook.sources.bebanjo import normalize, parse_json_feed, parse_xml_feed
 
 from conftest import FIXTURES
@@ -111,3 +115,32 @@ def test_a_body_takes_no_more_memory_than_its_bytes() -> None:
         tracemalloc.stop()
     assert held is not None
     assert size < len(envelope.body) + 512, (size, len(envelope.body))
+
+
+@pytest.mark.parametrize(
+    ("upstream", "time"),
+    [
+        ("2026-03-01T10:00:00Z", "2026-03-01T10:00:00Z"),
+        ("2026-03-01T10:00:00+00:00", "2026-03-01T10:00:00Z"),
+        ("2026-03-01T10:00:00", "2026-03-01T10:00:00Z"),  # no offset: taken as UTC
+        ("2026-03-01T00:30:00.250000+05:30", "2026-02-28T19:00:00.25Z"),
+        ("2026-12-31T23:00:00-02:00", "2027-01-01T01:00:00Z"),
+        ("0001-01-01T00:00:00", "0001-01-01T00:00:00Z"),
+        ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_times_are_rfc3339_in_utc(upstream: str, time: str) -> None:
+    moment = datetime.fromisoformat(upstream)
+    check_utc(moment)
+    assert rfc3339_utc(moment) == time
+
+
+@pytest.mark.parametrize("upstream", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_an_instant_with_no_utc_year_is_refused(upstream: str) -> None:
+    """Only in the first and the last year can an offset leave the calendar; there both
+    the check and the formatting say so."""
+    moment = datetime.fromisoformat(upstream)
+    with pytest.raises(OverflowError):
+        check_utc(moment)
+    with pytest.raises(OverflowError):
+        rfc3339_utc(moment)

@@ -11,7 +11,8 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_RETRY_AFTER = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like the envelope: one of each is made per delivery.
+@dataclass(slots=True)
 class AttemptResult:
     """What one POST produced: a status, or an error before any status."""
 
@@ -44,7 +45,7 @@ class AttemptResult:
         return f"HTTP {self.status}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     kind: Literal["delivered", "retry", "dead"]
     retry_at: float | None = None

@@ -34,7 +34,7 @@ log = logging.getLogger("feedhook.delivery")
 READ_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like the envelope: one is made per delivery
 class Response:
     status: int
     headers: Mapping[str, str]  # case-insensitive

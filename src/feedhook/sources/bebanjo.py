@@ -18,7 +18,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from feedhook.config import MovidaConfig, SequenceConfig, redact_url
-from feedhook.envelope import Envelope, rfc3339_utc
+from feedhook.envelope import Envelope, check_utc
 from feedhook.sources.base import (
     INVALID_UTF8,
     REPLACEMENT,
@@ -39,7 +39,9 @@ PAGE_SIZE = 50
 ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per event, and a frozen dataclass sets each field through
+# object.__setattr__ (0.63 us for eight fields, against 0.15).
+@dataclass(slots=True)
 class RawEvent:
     """An event as the feed described it, before normalization. What could not be read
     is None and said in `problems`."""
@@ -195,7 +197,7 @@ def _moment(timestamp: str | None) -> tuple[datetime | None, str | None]:
         return None, None
     try:
         moment = datetime.fromisoformat(timestamp)
-        rfc3339_utc(moment)
+        check_utc(moment)
     except ValueError:
         return None, f"unreadable timestamp {timestamp!r}"
     except OverflowError:

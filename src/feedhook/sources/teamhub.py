@@ -25,7 +25,7 @@ import orjson
 
 from feedhook import clock
 from feedhook.config import TeamHubConfig, redact_url
-from feedhook.envelope import Envelope, rfc3339_utc
+from feedhook.envelope import Envelope, check_utc
 from feedhook.sources.base import (
     INVALID_UTF8,
     FeedError,
@@ -56,7 +56,7 @@ def read_time(value: object) -> datetime | None:
     """A timestamp that has an RFC 3339 UTC form, or None."""
     try:
         moment = parse_time(value, "")
-        rfc3339_utc(moment)
+        check_utc(moment)
     except (FeedError, OverflowError):
         return None
     return moment

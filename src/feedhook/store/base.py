@@ -31,7 +31,8 @@ class SourceLost(StoreError):
     source back and goes on from the stored cursor."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like the envelope: one of each is made per event or per delivery.
+@dataclass(slots=True)
 class IngestItem:
     """One normalized event and the subscriptions it was routed to; `ordered` names
     those of them that take each subject's events one at a time (`ordering: subject`)."""
@@ -42,7 +43,7 @@ class IngestItem:
     ordered: Collection[str] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """A claimed (event, subscription) pair, ready for one attempt."""
 
@@ -55,7 +56,7 @@ class Delivery:
     ingested_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What happened to one attempt, and what the policy decided."""
 
