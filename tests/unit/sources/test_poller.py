@@ -4,11 +4,12 @@ from the store, pages written with their routes, read-ahead, failures backed off
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from feedhook.envelope import make_envelope
+from feedhook.envelope import Envelope, make_envelope
 from feedhook.sources.base import FeedError, Page
 from feedhook.sources.poller import Poller
 from feedhook.store import MemoryDatabase, MemoryStore
@@ -172,3 +173,52 @@ async def test_an_empty_poll_writes_nothing_until_the_quiet_interval(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert (await store.status()).sources["seq"].last_error is None
+
+
+class TimedSource(ListSource):
+    """One page of three events at the given instants, then nothing new."""
+
+    def __init__(self, times: list[datetime]) -> None:
+        super().__init__(len(times), size=len(times))
+        self.times = times
+
+    async def fetch(self, cursor: str) -> Page:
+        page = await super().fetch(cursor)
+        events = [
+            (upstream_id, make_envelope(**{**_fields(e), "time": time}))
+            for (upstream_id, e), time in zip(page.events, self.times, strict=False)
+        ]
+        return Page(events=events, cursor=page.cursor, more=page.more)
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "source_name": envelope.feedhooksource,
+        "upstream_id": envelope.upstream_id,
+        "source": envelope.source,
+        "type": envelope.type,
+        "data": envelope.data,
+    }
+
+
+async def test_the_newest_event_time_is_the_latest_instant_not_the_greatest_text() -> None:
+    """Times keep the upstream's fractions: "...:05.5Z" is later than "...:05Z", though
+    it sorts before it as text. The newest is found by instant."""
+    times = [
+        datetime(2026, 5, 1, 10, 0, 4, 750000, tzinfo=UTC),
+        datetime(2026, 5, 1, 12, 0, 5, 500000, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 5, 1, 10, 0, 5, tzinfo=UTC),
+    ]
+    store = MemoryStore()
+    poller = Poller(TimedSource(times), store, lambda: router({"all": ["*"]}), Reports())  # type: ignore[arg-type]
+    task = asyncio.create_task(poller.run())
+    try:
+
+        async def caught_up() -> bool:
+            return poller.health.newest_event_at is not None
+
+        await eventually(caught_up, timeout=5, what="the page")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert poller.health.newest_event_at == times[1].timestamp()
