@@ -11,14 +11,16 @@
     python bench/probe.py catchup --events 60000
     python bench/probe.py pin --events 50000 --rounds 5
     python bench/probe.py slow --events 2000 --in-flight 16 --delay 0.05
+    python bench/probe.py normalize --rounds 5
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
 own calls (ingest, claim, outcomes) with nothing else running, or, with `--busy-loop`,
 beside an event loop kept as busy as the worker's; `catchup` reads a backlog and
 delivers it at once, as the throughput scenario does, and prints every second what each
-thread of every process (feedhook's two, the feed, the receiver) spent per delivery.
-Each prints the rate and the CPU per item of every process, and of each thread of
+thread of every process (feedhook's two, the feed, the receiver) spent per delivery;
+`normalize` reads and normalizes a feed page in this process, nothing else.
+The others print the rate and the CPU per item of every process, and of each thread of
 `feedhook run` (and, with `--store postgres`, of the PostgreSQL server's processes
 together).
 """
@@ -38,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from run import (
     FAST_SOURCE,
     SECRET,
@@ -455,10 +458,39 @@ async def slow(args: argparse.Namespace) -> None:
     print(f"slow: {rate:,.0f} deliveries/s, {rate / bound:.1%} of the bound, {bound:,.0f}/s")
 
 
+async def normalize_page(args: argparse.Namespace) -> None:
+    """A Sequence JSON page of 50 events read and normalized into envelopes, as the
+    ingest process does each one (no network, no store): us of CPU per event, median
+    and range of `--rounds` rounds of 2,000 pages."""
+    from datetime import UTC, datetime, timedelta
+
+    from feedhook.sim.bebanjo import SimEvent, SimFeed
+    from feedhook.sources.bebanjo import parse_json_feed
+
+    api, start = "http://x/api", datetime(2026, 1, 1, tzinfo=UTC)
+    events = [
+        SimEvent(n, "job_updated", start + timedelta(seconds=n), "name,status", f"/jobs/{n}")
+        for n in range(1, 51)
+    ]
+    page = orjson.dumps({"entries": [SimFeed._json_event(api, e) for e in events]})
+    per_event = []
+    for _ in range(args.rounds):
+        began = time.process_time()
+        for _ in range(2000):
+            for event in parse_json_feed(page, "probe"):
+                normalize("seq", "sequence", api, event)
+        per_event.append((time.process_time() - began) / (2000 * len(events)) * 1e6)
+    print(
+        f"normalize: {statistics.median(per_event):.2f} us of CPU per event"
+        f" (rounds {min(per_event):.2f}-{max(per_event):.2f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "path", choices=["deliver", "ingest", "raw", "store", "catchup", "pin", "slow"]
+        "path",
+        choices=["deliver", "ingest", "raw", "store", "catchup", "pin", "slow", "normalize"],
     )
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
@@ -480,6 +512,7 @@ def main() -> None:
         "catchup": catchup,
         "pin": pin,
         "slow": slow,
+        "normalize": normalize_page,
     }
     asyncio.run(paths[args.path](args))
 

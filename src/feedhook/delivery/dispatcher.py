@@ -10,7 +10,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from feedhook import clock
 from feedhook.config import SubscriptionConfig
@@ -20,7 +19,7 @@ from feedhook.delivery.policy import AttemptResult, Decision, RetryPolicy
 from feedhook.delivery.sender import Sender
 from feedhook.delivery.signing import Signer
 from feedhook.logs import Throttle, redact_url
-from feedhook.metrics import Metrics
+from feedhook.metrics import LaneMeters, Metrics
 from feedhook.store.base import ACTIVE, Delivery, Outcome, Store, SubscriptionState
 
 # Retried failures are summed up per (subscription, cause) once a minute at WARNING;
@@ -58,7 +57,7 @@ class Lane:
     # Whether the store may hold due work for this lane; cleared when a claim comes back
     # short, set again by ingest, replays and the retry clock.
     maybe_due: bool = True
-    meters: dict[str, Any] = field(default_factory=dict)
+    meters: LaneMeters = field(default_factory=LaneMeters)
     guard: Guard | None = None
     # Its circuit opened or closed: bring its failed deliveries back into line.
     resume_pending: bool = False
@@ -164,14 +163,7 @@ class Dispatcher:
                 self.lanes[name].reconfigure(config)
             else:
                 lane = self.lanes[name] = Lane.build(name, config)
-                m = self.metrics
-                lane.meters = {
-                    "delivered": m.deliveries.labels(name, "delivered"),
-                    "retry": m.deliveries.labels(name, "retry"),
-                    "dead": m.deliveries.labels(name, "dead"),
-                    "attempt": m.attempt_seconds.labels(name),
-                    "latency": m.delivery_latency.labels(name),
-                }
+                lane.meters = self.metrics.deliveries.lane(name)
         for name in set(self.lanes) - set(subscriptions):
             removed = self.lanes.pop(name)
             self._released.extend(d.id for d in removed.ready)
@@ -376,11 +368,11 @@ class Dispatcher:
                 )
             )
             meters = lane.meters
-            meters[decision.kind].inc()
+            meters.outcomes[decision.kind] += 1
             lane.tally[decision.kind] += 1
-            meters["attempt"].observe(result.duration)
+            meters.attempt.observe(result.duration)
             if decision.kind == "delivered":
-                meters["latency"].observe(now - delivery.ingested_at)
+                meters.latency.observe(now - delivery.ingested_at)
                 lane.activity.delivered(now, now - delivery.ingested_at)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("delivered %s to %s", delivery.envelope_id, lane.name)
