@@ -106,6 +106,30 @@ async def test_the_contract(transport: Transport) -> None:
         await transport.request("POST", f"http://127.0.0.1:{free_port()}/", {}, b"{}", 5)
 
 
+async def test_receivers_addresses_are_parsed_once_and_kept_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyreqwest's transport keeps each address parsed; past MAX_URLS addresses (reloads
+    that keep changing them) it forgets them all and goes on."""
+    from feedhook.delivery import transport as module
+
+    monkeypatch.setattr(module, "MAX_URLS", 2)
+    server = Server()
+    runner, base = await serve(server.app)
+    try:
+        async with new_client() as client:
+            reqwest = ReqwestTransport(client)
+            for path in ("ok", "ok", "moved", "ok", "big", "ok"):
+                answer = await reqwest.request("POST", f"{base}/{path}", {}, b"{}", 5)
+                assert answer.status == {"ok": 200, "moved": 302, "big": 200}[path]
+                assert len(reqwest._urls) <= 2
+            kept = reqwest._urls[f"{base}/ok"]
+            await reqwest.request("POST", f"{base}/ok", {}, b"{}", 5)
+            assert reqwest._urls[f"{base}/ok"] is kept
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_server_that_hangs_up_is_said_so(transport: Transport) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
