@@ -10,6 +10,7 @@
     python bench/probe.py store --busy-loop
     python bench/probe.py catchup --events 60000
     python bench/probe.py pin --events 50000 --rounds 5
+    python bench/probe.py compare --against /tmp/before --events 50000 --rounds 5
     python bench/probe.py slow --events 2000 --in-flight 16 --delay 0.05
     python bench/probe.py normalize --rounds 5
 
@@ -363,12 +364,39 @@ async def raw(args: argparse.Namespace) -> None:
 
 
 async def pin(args: argparse.Namespace) -> None:
+    """The throughput scenario with FEEDHOOK_PIN_WORKER false and true (see
+    `alternate`)."""
+    await alternate(
+        args,
+        {
+            "FEEDHOOK_PIN_WORKER=false": {"FEEDHOOK_PIN_WORKER": "false"},
+            "FEEDHOOK_PIN_WORKER=true": {"FEEDHOOK_PIN_WORKER": "true"},
+        },
+    )
+
+
+async def compare(args: argparse.Namespace) -> None:
+    """The throughput scenario with this checkout's feedhook and another's, `--against`
+    (its root: a `git worktree add` of an earlier commit, say), see `alternate`."""
+    await alternate(args, source_trees(args.against))
+
+
+def source_trees(against: str) -> dict[str, dict[str, str]]:
+    """This checkout's src/ and another's, each as a variant's PYTHONPATH."""
+    other = Path(against).resolve()
+    if not (other / "src" / "feedhook").is_dir():
+        raise SystemExit(f"--against {against}: no src/feedhook there")
+    this = Path(__file__).resolve().parent.parent
+    return {str(root): {"PYTHONPATH": str(root / "src")} for root in (this, other)}
+
+
+async def alternate(args: argparse.Namespace, variants: dict[str, dict[str, str]]) -> None:
     """The throughput scenario (`--events` backlog, one subscription, `--in-flight`)
-    with FEEDHOOK_PIN_WORKER false and true, alternated with the raw client in one run:
-    raw, false, true, raw, ... for `--rounds` rounds after a warm-up round; with
-    `--store postgres`, each run on a fresh database of one PostgreSQL server."""
+    with each variant's environment (passed on to `feedhook run`), alternated with the
+    raw client in one run: raw, each variant, raw, ... for `--rounds` rounds after a
+    warm-up round; with `--store postgres`, each run on a fresh database of one
+    PostgreSQL server. Prints each variant's median rate and its ratio to raw."""
     bodies = sample_bodies(args.events)
-    variants = ("false", "true")
     rates: dict[str, list[float]] = {name: [] for name in ("raw", *variants)}
     async with (
         databases(args) as fresh,
@@ -381,18 +409,21 @@ async def pin(args: argparse.Namespace) -> None:
             if variant is None:
                 await raw_post(f"{rx.url}/raw", bodies, args.in_flight)
             else:
-                os.environ["FEEDHOOK_PIN_WORKER"] = variant  # the Bridge passes it on
+                saved = os.environ.copy()
+                os.environ.update(variants[variant])  # the Bridge passes it on
                 bridge = Bridge(
-                    Path(tempfile.mkdtemp()) / f"{variant}-{n}",
+                    Path(tempfile.mkdtemp()) / f"{n}",
                     {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
                     {"all": subscription(rx, "all", max_in_flight=args.in_flight)},
                     fresh(),
                 )
-                await bridge.start()
                 try:
+                    await bridge.start()
                     await until(lambda: received(rx, args.events), 1800, 0.1)
                 finally:
                     await bridge.stop()
+                    os.environ.clear()
+                    os.environ.update(saved)
             got = await rx.stats()
             return args.events / (got["last"] - got["first"])
 
@@ -406,7 +437,7 @@ async def pin(args: argparse.Namespace) -> None:
     for variant in variants:
         ratios = [a / b for a, b in zip(rates[variant], rates["raw"], strict=True)]
         print(
-            f"FEEDHOOK_PIN_WORKER={variant}: median {statistics.median(rates[variant]):,.0f}"
+            f"{variant}: median {statistics.median(rates[variant]):,.0f}"
             f" deliveries/s, {statistics.median(ratios):.2f}x raw (rounds"
             f" {min(ratios):.2f}-{max(ratios):.2f})"
         )
@@ -490,7 +521,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "path",
-        choices=["deliver", "ingest", "raw", "store", "catchup", "pin", "slow", "normalize"],
+        choices=[
+            "deliver",
+            "ingest",
+            "raw",
+            "store",
+            "catchup",
+            "pin",
+            "compare",
+            "slow",
+            "normalize",
+        ],
     )
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
@@ -501,7 +542,8 @@ def main() -> None:
         "--subjects", type=int, default=0, help="events about so many (0: one each)"
     )
     parser.add_argument("--busy-loop", action="store_true", help="store: beside a busy event loop")
-    parser.add_argument("--rounds", type=int, default=5, help="pin: alternated rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="pin, compare: alternated rounds")
+    parser.add_argument("--against", help="compare: the root of another feedhook checkout")
     parser.add_argument("--delay", type=float, default=0.05, help="slow: seconds per answer")
     args = parser.parse_args()
     paths = {
@@ -511,6 +553,7 @@ def main() -> None:
         "store": store_calls,
         "catchup": catchup,
         "pin": pin,
+        "compare": compare,
         "slow": slow,
         "normalize": normalize_page,
     }
