@@ -39,8 +39,7 @@ PAGE_SIZE = 50
 ACCEPT = {"json": "application/json", "xml": "application/xml"}
 
 
-# Not frozen: one is made per event, and a frozen dataclass sets each field through
-# object.__setattr__ (0.63 us for eight fields, against 0.15).
+# Not frozen, like the envelope: one is made per event.
 @dataclass(slots=True)
 class RawEvent:
     """An event as the feed described it, before normalization. What could not be read
