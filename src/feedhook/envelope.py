@@ -12,7 +12,7 @@ import orjson
 
 
 # Not frozen: one is made per event, and a frozen dataclass sets each field through
-# object.__setattr__ (0.63 us for eight fields, against 0.15). Nothing changes one once
+# object.__setattr__ (0.62 us for eight fields, against 0.12). Nothing changes one once
 # made: `with_data` makes another.
 @dataclass(slots=True)
 class Envelope:
