@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import threading
@@ -411,8 +412,9 @@ async def alternate(args: argparse.Namespace, variants: dict[str, dict[str, str]
             else:
                 saved = os.environ.copy()
                 os.environ.update(variants[variant])  # the Bridge passes it on
+                work = Path(tempfile.mkdtemp())
                 bridge = Bridge(
-                    Path(tempfile.mkdtemp()) / f"{n}",
+                    work,
                     {"seq": {"kind": "sequence", "url": f"{feed.url}/api", **FAST_SOURCE}},
                     {"all": subscription(rx, "all", max_in_flight=args.in_flight)},
                     fresh(),
@@ -424,6 +426,7 @@ async def alternate(args: argparse.Namespace, variants: dict[str, dict[str, str]
                     await bridge.stop()
                     os.environ.clear()
                     os.environ.update(saved)
+                    shutil.rmtree(work, ignore_errors=True)  # a database per run adds up
             got = await rx.stats()
             return args.events / (got["last"] - got["first"])
 
@@ -518,21 +521,19 @@ async def normalize_page(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    paths = {
+        "deliver": deliver,
+        "ingest": ingest,
+        "raw": raw,
+        "store": store_calls,
+        "catchup": catchup,
+        "pin": pin,
+        "compare": compare,
+        "slow": slow,
+        "normalize": normalize_page,
+    }
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "path",
-        choices=[
-            "deliver",
-            "ingest",
-            "raw",
-            "store",
-            "catchup",
-            "pin",
-            "compare",
-            "slow",
-            "normalize",
-        ],
-    )
+    parser.add_argument("path", choices=list(paths))
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--in-flight", type=int, default=64)
@@ -546,17 +547,6 @@ def main() -> None:
     parser.add_argument("--against", help="compare: the root of another feedhook checkout")
     parser.add_argument("--delay", type=float, default=0.05, help="slow: seconds per answer")
     args = parser.parse_args()
-    paths = {
-        "deliver": deliver,
-        "ingest": ingest,
-        "raw": raw,
-        "store": store_calls,
-        "catchup": catchup,
-        "pin": pin,
-        "compare": compare,
-        "slow": slow,
-        "normalize": normalize_page,
-    }
     asyncio.run(paths[args.path](args))
 
 
