@@ -563,6 +563,45 @@ async def test_a_trace_tells_every_attempt_for_every_subscription(store: Store) 
     assert await store.trace("nonsense") is None
 
 
+async def test_a_batch_of_outcomes_is_recorded_whole_whatever_its_size(store: Store) -> None:
+    """Outcomes of every size of batch land on their own deliveries: successes (the
+    hot path, written by size class) beside failures, past the largest class."""
+    await store.ingest("seq", [ingest_item(n) for n in range(1, 1101)], "1100")
+    now = time.time()
+    claimed = await store.claim({"a": 1100}, now)
+    assert len(claimed) == 1100
+    first, rest = claimed[:17], claimed[17:]
+    await store.complete(
+        [Outcome(d.id, "delivered", 1, now + 1, status_code=200, duration=0.5) for d in first]
+    )
+    outcomes = [
+        Outcome(d.id, "delivered", 1, now + 2, status_code=201, duration=n / 1000)
+        for n, d in enumerate(rest[:-10])
+    ]
+    outcomes += [
+        Outcome(d.id, "retry", 1, now + 2, now + 60, 503, "HTTP 503") for d in rest[-10:-5]
+    ]
+    outcomes += [Outcome(d.id, "dead", 1, now + 2, None, 400, "HTTP 400") for d in rest[-5:]]
+    await store.complete(outcomes)
+    counts = (await store.status()).subscriptions["a"]
+    assert (counts.delivered, counts.pending, counts.dead, counts.dead_letter) == (1090, 5, 5, 5)
+    for delivery, at, status, duration in (
+        (first[16], now + 1, 200, 0.5),
+        (rest[0], now + 2, 201, 0.0),
+        (rest[1072], now + 2, 201, 1.072),
+    ):
+        trace = await store.trace(delivery.envelope_id)
+        assert trace is not None
+        (one,) = trace.deliveries
+        assert one.state == "delivered"
+        assert [(x.outcome, x.at, x.status, x.duration) for x in one.attempts] == [
+            ("delivered", at, status, duration)
+        ]
+    retried = await store.trace(rest[-6].envelope_id)
+    assert retried is not None and retried.deliveries[0].state == "pending"
+    assert [d.envelope_id for d in await store.list_dead()] == [d.envelope_id for d in rest[-5:]]
+
+
 async def test_every_pair_is_claimed_once_in_order_however_events_are_routed(
     store: Store,
 ) -> None:

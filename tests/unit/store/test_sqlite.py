@@ -104,6 +104,29 @@ async def test_events_named_by_envelope_id_are_found_by_index(store: SqliteStore
     assert steps * 100 < 3000, f"{steps * 100} steps for 3,000 stored events: a scan"
 
 
+async def test_new_events_are_numbered_as_stored_across_chunks(store: SqliteStore) -> None:
+    """Each new event's delivery points at its own row, however many statements the
+    batch takes (500 rows each) and whatever was stored before."""
+    await store.ingest("seq", [ingest_item(n) for n in range(1, 4)], "3")
+    await store.ingest("seq", [ingest_item(n) for n in range(2, 1203)], "1202")
+    claimed = await store.claim({"a": 2000}, 2e9)
+    assert [d.envelope_id for d in claimed] == [f"seq:{n}" for n in range(1, 1203)]
+    assert all(f'"n":{d.envelope_id[4:]}}}' in d.body.decode() for d in claimed)
+
+
+async def test_a_batch_not_stored_whole_is_rolled_back(store: SqliteStore) -> None:
+    """Should SQLite ever store fewer of a batch's new events than it was given, the
+    batch fails whole and says so: no event is stored without its deliveries."""
+    await store.db.execute(
+        "CREATE TRIGGER skip_one BEFORE INSERT ON events WHEN NEW.upstream_id = '2'"
+        " BEGIN SELECT RAISE(IGNORE); END"
+    )
+    with pytest.raises(StoreError, match=r"seq: SQLite stored 2 of 3 new events.*rolled back"):
+        await store.ingest("seq", [ingest_item(n) for n in range(1, 4)], "3")
+    assert (await store.status()).subscriptions == {}
+    assert await store.get_cursor("seq") is None
+
+
 async def test_migration_backfills_counts(tmp_path: Path) -> None:
     """A database from schema version 1 gains the counts of the rows it already has."""
     from feedhook.store import sqlite as module
