@@ -167,6 +167,33 @@ async def test_max_in_flight_bounds_each_lane() -> None:
     assert peak == 3
 
 
+async def test_a_busy_lane_sends_one_after_another_in_the_tasks_it_has() -> None:
+    """A finished attempt starts the lane's next claimed delivery in the same task: a
+    busy lane runs about as many tasks as it has room, not one per delivery."""
+    store = MemoryStore()
+    await store.ingest("seq", items(300, ("busy",)), "300")
+    tasks: set[asyncio.Task[object] | None] = set()
+
+    class Watching(ScriptedSender):
+        async def attempt(self, *args: object, **kw: object) -> AttemptResult:
+            tasks.add(asyncio.current_task())
+            await asyncio.sleep(0.001)
+            return AttemptResult(200)
+
+    dispatcher = Dispatcher(  # type: ignore[arg-type]
+        store, {"busy": sub("https://r/busy", max_in_flight=4)}, Watching({}), grace=1.0
+    )
+    running = asyncio.create_task(dispatcher.run())
+
+    async def done() -> bool:
+        return (await store.counts())["busy"].delivered == 300
+
+    await eventually(done, timeout=10, what="all delivered")
+    dispatcher.stop()
+    await asyncio.wait_for(running, 5)
+    assert 4 <= len(tasks) <= 40
+
+
 class FlakySender(ScriptedSender):
     """Fails a share of attempts at random (seeded), 1 ms each; keeps the order of the
     successful receipts."""
