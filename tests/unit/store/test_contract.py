@@ -563,6 +563,20 @@ async def test_a_trace_tells_every_attempt_for_every_subscription(store: Store) 
     assert await store.trace("nonsense") is None
 
 
+async def test_one_claim_takes_what_it_wants_however_small_the_runs(store: Store) -> None:
+    """Events ingested one page of one at a time (a queued run each) are claimed as
+    many as wanted in one claim, oldest first, and the rest by the next."""
+    for n in range(1, 201):
+        await store.ingest("seq", [ingest_item(n, ("a", "b"))], str(n))
+    first = await store.claim({"a": 150, "b": 3}, 2e9)
+    by: dict[str, list[str]] = {"a": [], "b": []}
+    for delivery in first:
+        by[delivery.subscription].append(delivery.envelope_id)
+    assert by == {"a": [f"seq:{n}" for n in range(1, 151)], "b": ["seq:1", "seq:2", "seq:3"]}
+    rest = await store.claim({"a": 500}, 2e9)
+    assert [d.envelope_id for d in rest] == [f"seq:{n}" for n in range(151, 201)]
+
+
 async def test_a_batch_of_outcomes_is_recorded_whole_whatever_its_size(store: Store) -> None:
     """Outcomes of every size of batch land on their own deliveries: successes (the
     hot path, written by size class) beside failures, past the largest class."""
