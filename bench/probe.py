@@ -13,6 +13,7 @@
     python bench/probe.py compare --against /tmp/before --events 50000 --rounds 5
     python bench/probe.py slow --events 2000 --in-flight 16 --delay 0.05
     python bench/probe.py normalize --rounds 5
+    python bench/probe.py dispatch --events 60000
 
 `deliver` drains a prebuilt outbox with no feed traffic; `ingest` reads a backlog that
 no subscription matches; `raw` is the plain aiohttp reference; `store` times the store's
@@ -20,7 +21,9 @@ own calls (ingest, claim, outcomes) with nothing else running, or, with `--busy-
 beside an event loop kept as busy as the worker's; `catchup` reads a backlog and
 delivers it at once, as the throughput scenario does, and prints every second what each
 thread of every process (feedhook's two, the feed, the receiver) spent per delivery;
-`normalize` reads and normalizes a feed page in this process, nothing else.
+`normalize` reads and normalizes a feed page in this process, nothing else; `dispatch`
+drains an outbox in this process through a transport that answers at once (feedhook's
+own work per delivery, without HTTP).
 The others print the rate and the CPU per item of every process, and of each thread of
 `feedhook run` (and, with `--store postgres`, of the PostgreSQL server's processes
 together).
@@ -492,6 +495,50 @@ async def slow(args: argparse.Namespace) -> None:
     print(f"slow: {rate:,.0f} deliveries/s, {rate / bound:.1%} of the bound, {bound:,.0f}/s")
 
 
+async def dispatch(args: argparse.Namespace) -> None:
+    """feedhook's own cost per delivery, in this process: the real dispatcher, signer
+    and store drain an outbox of `--events` through a transport that answers 200 at
+    once (no HTTP). CPU per delivery of the event loop and of the database thread."""
+    from feedhook.config import SubscriptionConfig
+    from feedhook.delivery import Dispatcher
+    from feedhook.delivery.sender import Sender
+    from feedhook.delivery.transport import Response
+
+    class AtOnce:
+        async def request(self, *args: object) -> Response:
+            await asyncio.sleep(0)
+            return Response(200, {}, b"")
+
+    work = Path(tempfile.mkdtemp())
+    names = [f"s{i:02d}" for i in range(args.subscriptions)]
+    async with store_under_test(args, work) as (database, _), open_store(database) as store:
+        for start in range(1, args.events + 1, 1000):
+            await store.ingest("seq", outbox_items(args, names, start, 1000), str(start))
+        config = {"url": "http://receiver/", "types": ["*"], "secret": SECRET}
+        lanes = {
+            name: SubscriptionConfig.model_validate({**config, "max_in_flight": args.in_flight})
+            for name in names
+        }
+        dispatcher = Dispatcher(store, lanes, Sender(AtOnce(), "probe"))
+        loop_thread, total = str(threading.get_native_id()), args.events * len(names)
+        before, started = threads(os.getpid()), time.perf_counter()
+        running = asyncio.create_task(dispatcher.run())
+
+        async def delivered() -> int:
+            return sum(c.delivered for c in (await store.counts()).values())
+
+        await until(lambda: at_least(delivered(), total), 600)
+        seconds, after = time.perf_counter() - started, threads(os.getpid())
+        dispatcher.stop()
+        await running
+    per = {t: (after[t] - before.get(t, 0.0)) / total * 1e6 for t in after}
+    others = sorted((us for t, us in per.items() if t != loop_thread), reverse=True)
+    print(
+        f"dispatch: {total / seconds:,.0f}/s; us of CPU per delivery: the event loop"
+        f" {per[loop_thread]:.1f}, the database thread {others[0] if others else 0.0:.1f}"
+    )
+
+
 async def normalize_page(args: argparse.Namespace) -> None:
     """A Sequence JSON page of 50 events read and normalized into envelopes, as the
     ingest process does each one (no network, no store): us of CPU per event, median
@@ -531,6 +578,7 @@ def main() -> None:
         "compare": compare,
         "slow": slow,
         "normalize": normalize_page,
+        "dispatch": dispatch,
     }
     parser = argparse.ArgumentParser()
     parser.add_argument("path", choices=list(paths))
