@@ -144,6 +144,31 @@ def delivered(delivery: Delivery, at: float) -> Outcome:
     return Outcome(delivery.id, "delivered", delivery.attempts + 1, at, status_code=200)
 
 
+async def test_an_event_another_writer_stored_first_is_not_queued_twice(
+    postgres_url: str,
+) -> None:
+    """An event that went in elsewhere between the check and the insert (a trigger
+    stands in for the race here) is not this batch's: the rest are stored and queued,
+    and only they are reported new."""
+    async with PostgresStore(postgres_url) as store:
+        db = await asyncpg.connect(postgres_url)
+        try:
+            await db.execute(
+                "CREATE FUNCTION skip_two() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.upstream_id = '2' THEN RETURN NULL; END IF; RETURN NEW; END $$;"
+                " CREATE TRIGGER skip_two BEFORE INSERT ON events FOR EACH ROW"
+                " EXECUTE FUNCTION skip_two()"
+            )
+        finally:
+            await db.close()
+        fresh = await store.ingest("seq", [ingest_item(n) for n in (1, 2, 3)], "3")
+        assert [i.upstream_id for i in fresh] == ["1", "3"]
+        claimed = await store.claim({"a": 10}, 2e9)
+        assert [d.envelope_id for d in claimed] == ["seq:1", "seq:3"]
+        all_new = await store.ingest("seq", [ingest_item(n) for n in (4, 5)], "5")
+        assert [i.upstream_id for i in all_new] == ["4", "5"]
+
+
 async def test_a_first_catch_up_finds_stored_events_by_index(postgres_url: str) -> None:
     """Before autovacuum first analyzes `events` (a first catch-up), telling a batch's
     new events from stored ones probes the unique index once per id: walking every
